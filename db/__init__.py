@@ -1,0 +1,7 @@
+"""Database: engine and error translation, tables, migrations, the etl_runs ledger."""
+
+from db.engine import describe_url, make_engine
+from db.ledger import RunLedger
+from db.migrate import upgrade
+
+__all__ = ["make_engine", "describe_url", "upgrade", "RunLedger"]

@@ -1,0 +1,61 @@
+"""Table definitions used by queries (the migrations in ``db/migrations`` create them).
+
+- ``bars``: one row per (provider, symbol, interval, ts); ``ts`` is the bar *start*,
+  ``timestamptz`` in UTC; prices and volume ``numeric`` (the provider's decimal text,
+  kept exactly on PostgreSQL); ``ingested_at`` is when this version of the row was written.
+- ``etl_runs``: the ledger, one row per cycle.
+- ``latest_bars`` (view): the newest bar per (provider, symbol, interval).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["metadata", "bars", "etl_runs", "latest_bars", "BAR_KEY", "BAR_VALUES"]
+
+metadata = sa.MetaData()
+
+BAR_KEY = ("provider", "symbol", "interval", "ts")
+BAR_VALUES = ("open", "high", "low", "close", "volume")
+
+bars = sa.Table(
+    "bars",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("interval", sa.Text, primary_key=True),
+    sa.Column("ts", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("open", sa.Numeric, nullable=False),
+    sa.Column("high", sa.Numeric, nullable=False),
+    sa.Column("low", sa.Numeric, nullable=False),
+    sa.Column("close", sa.Numeric, nullable=False),
+    sa.Column("volume", sa.Numeric, nullable=False),
+    sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+etl_runs = sa.Table(
+    "etl_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("interval", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("symbols_requested", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("symbols_succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("symbols_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed_symbols", sa.Text),
+    sa.Column("rows_fetched", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_loaded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error_summary", sa.Text),
+    sa.Column("pid", sa.Integer),
+)
+
+latest_bars = sa.Table(
+    "latest_bars",
+    sa.MetaData(),  # a view: kept out of ``metadata`` so nothing tries to CREATE TABLE it
+    *(sa.Column(c.name, c.type) for c in bars.columns),
+)

@@ -1,0 +1,1 @@
+"""Extract (providers), transform (pure) and load (database) of bars."""

@@ -1,0 +1,332 @@
+"""Alpha Vantage: TIME_SERIES_INTRADAY and TIME_SERIES_DAILY, JSON and CSV.
+
+Wire format (https://www.alphavantage.co/documentation/, checked against the real
+recordings listed in shared/data/real/PROVENANCE.md):
+
+- JSON: ``{"Meta Data": {..., "6. Time Zone": "US/Eastern"}, "Time Series (5min)":
+  {"2024-01-31 19:55:00": {"1. open": "...", ..., "5. volume": "..."}, ...}}``; every
+  value a string; newest first; timestamps naive local times in the Meta Data zone
+  (daily: ``"Time Series (Daily)"`` keyed by date, zone key ``"5. Time Zone"``).
+- CSV (``datatype=csv``): header ``timestamp,open,high,low,close,volume``, newest
+  first, no zone (US/Eastern, as in JSON); CRLF or LF line endings.
+- Errors come back as HTTP 200 with a one-key JSON object, also for ``datatype=csv``:
+  ``"Note"`` or ``"Information"`` is throttling (:class:`~errors.RateLimited`;
+  :class:`~errors.QuotaExhausted` when it names a daily limit;
+  :class:`~errors.PremiumRequired` when it says "premium endpoint"), ``"Error Message"``
+  an invalid call or symbol (:class:`~errors.InvalidSymbol`). Bodies may start with a
+  UTF-8 byte-order mark.
+
+Bar labels: whether an intraday timestamp names the start or the end of its bar
+changed over the years, and the recordings show both (see ``docs/alphavantage.md``):
+2019-2020 captures are end-labelled (sessions run 04:01-20:00 and 09:35-16:00; the
+09:30:00 opening cross sits in the bar labelled 09:31), the 2026 capture is
+start-labelled (the 16:00:00 closing auction sits in the bar labelled 16:00; the
+last after-hours bar is 19:55). ``bar_label="start"`` (default) fits today's API;
+``"end"`` shifts each timestamp back by one interval for older data.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
+
+import requests
+
+from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
+from etl.http import HttpClient
+from etl.providers.base import FetchResult, Provider
+from etl.providers.registry import register
+from etl.retry import RetryPolicy, call_with_retries
+from etl.transform import Rejection, date_to_utc, local_to_utc, zone
+from models.bar import Bar, interval_seconds
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+__all__ = [
+    "AlphaVantageConfig",
+    "AlphaVantageProvider",
+    "parse_response",
+    "classify_error",
+    "AV_INTERVALS",
+    "MONTH_RE",
+]
+
+log = logging.getLogger(__name__)
+
+#: Canonical interval -> Alpha Vantage ``interval`` parameter (None: the daily function).
+AV_INTERVALS: dict[str, str | None] = {
+    "1min": "1min",
+    "5min": "5min",
+    "15min": "15min",
+    "30min": "30min",
+    "60min": "60min",
+    "1day": None,
+}
+MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_BOM = b"\xef\xbb\xbf"
+_FIELDS = ("1. open", "2. high", "3. low", "4. close", "5. volume")
+DEFAULT_ZONE = "US/Eastern"
+
+
+@dataclass(frozen=True, slots=True)
+class AlphaVantageConfig:
+    """Request options. ``base_url`` is the full query endpoint; ``api_key`` is a secret."""
+
+    api_key: str = field(default="demo", repr=False)
+    base_url: str = "https://www.alphavantage.co/query"
+    outputsize: str = "compact"  # compact (latest 100 bars) | full
+    datatype: str = "json"  # json | csv
+    extended_hours: bool = True  # include pre-market and after-hours bars (intraday)
+    month: str | None = None  # YYYY-MM: one historical month (intraday)
+    bar_label: str = "start"  # do intraday timestamps label the bar start or end?
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self) -> None:
+        if self.outputsize not in ("compact", "full"):
+            raise ConfigError(f"outputsize must be compact or full, got {self.outputsize!r}", name="outputsize")
+        if self.datatype not in ("json", "csv"):
+            raise ConfigError(f"datatype must be json or csv, got {self.datatype!r}", name="datatype")
+        if self.bar_label not in ("start", "end"):
+            raise ConfigError(f"bar_label must be start or end, got {self.bar_label!r}", name="bar_label")
+        if self.month is not None and not MONTH_RE.match(self.month):
+            raise ConfigError(f"month must be YYYY-MM, got {self.month!r}", name="month", value=self.month)
+
+
+def _decode(body: bytes) -> str:
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"body is not UTF-8 ({exc.reason})") from None
+
+
+def classify_error(obj: object, *, provider: str = "alphavantage", symbol: str | None = None, url: str | None = None):
+    """The typed error an Alpha Vantage error body stands for, or None if ``obj`` is not one.
+
+    Pure: the caller raises what it returns.
+    """
+    if not isinstance(obj, dict):
+        return None
+    ctx = {"provider": provider, "symbol": symbol, "url": url}
+    if "Error Message" in obj:
+        return InvalidSymbol(f"{provider}: invalid call or symbol {symbol!r}: {obj['Error Message']}", **ctx)
+    for key in ("Note", "Information"):
+        if key in obj and not any(k.startswith("Time Series") for k in obj):
+            text = str(obj[key])
+            low = text.lower()
+            if "premium endpoint" in low:
+                return PremiumRequired(f"{provider}: premium required: {text}", **ctx)
+            if key == "Information" and "per day" in low and "per minute" not in low and "per second" not in low:
+                return QuotaExhausted(
+                    f"{provider}: daily request quota exhausted: {text}", retry_after_seconds=_seconds_to_next_day(), **ctx
+                )
+            return RateLimited(f"{provider}: throttled: {text}", **ctx)
+    return None
+
+
+def _seconds_to_next_day() -> float:
+    # The reset time of the daily quota is undocumented; assume midnight US/Eastern.
+    now = datetime.now(UTC).astimezone(zone(DEFAULT_ZONE))
+    tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=now.tzinfo)
+    return (tomorrow - now).total_seconds()
+
+
+def parse_response(
+    body: bytes,
+    *,
+    symbol: str,
+    interval: str,
+    provider: str = "alphavantage",
+    bar_label: str = "start",
+    url: str | None = None,
+) -> FetchResult:
+    """Parse a TIME_SERIES_INTRADAY / TIME_SERIES_DAILY body (JSON or CSV, detected from the content).
+
+    Returns bars oldest first with UTC bar starts; raises the typed error for an error
+    body and :class:`~errors.PayloadError` for anything that is not the documented format.
+    """
+    text = _decode(body)
+    stripped = text.lstrip()
+    ctx = {"provider": provider, "symbol": symbol, "url": url}
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError as exc:
+            raise PayloadError(f"{provider}: malformed JSON for {symbol}: {exc}", **ctx) from None
+        err = classify_error(obj, provider=provider, symbol=symbol, url=url)
+        if err is not None:
+            raise err
+        return _parse_json(obj, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
+    if not stripped:
+        raise PayloadError(f"{provider}: empty body for {symbol}", **ctx)
+    return _parse_csv(text, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
+
+
+def _shift(interval: str, bar_label: str) -> timedelta:
+    return -timedelta(seconds=interval_seconds(interval)) if bar_label == "end" else timedelta(0)
+
+
+def _parse_json(obj: dict, *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
+    meta = obj.get("Meta Data")
+    series_keys = [k for k in obj if k.startswith("Time Series")]
+    if not isinstance(meta, dict) or len(series_keys) != 1 or not isinstance(obj[series_keys[0]], dict):
+        raise PayloadError(f"{provider}: unexpected JSON keys {sorted(obj)[:5]} for {symbol}", **ctx)
+    zone_name = next((v for k, v in meta.items() if k.endswith("Time Zone")), DEFAULT_ZONE)
+    av_interval = next((v for k, v in meta.items() if k.endswith(". Interval")), None)
+    expected = AV_INTERVALS[interval]
+    if expected is not None and av_interval != expected:
+        raise PayloadError(f"{provider}: asked for {expected} bars of {symbol}, got {av_interval!r}", **ctx)
+    try:
+        tz = zone(zone_name)
+    except Exception:
+        raise PayloadError(f"{provider}: unknown time zone {zone_name!r} for {symbol}", **ctx) from None
+    rows = []
+    for key, rec in obj[series_keys[0]].items():
+        if not isinstance(rec, dict):
+            rows.append((key, None))
+            continue
+        rows.append((key, tuple(rec.get(f) for f in _FIELDS)))
+    return _build(rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label))
+
+
+def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip().lower() for h in next(reader, [])]
+    if header[:1] not in (["timestamp"], ["time"]) or header[1:6] != ["open", "high", "low", "close", "volume"]:
+        raise PayloadError(f"{provider}: unexpected CSV header {header[:6]} for {symbol}", **ctx)
+    rows = []
+    for rec in reader:
+        if not rec:
+            continue
+        rows.append((rec[0], tuple(rec[1:6]) if len(rec) >= 6 else None))
+    return _build(
+        rows, symbol=symbol, interval=interval, provider=provider, tz=zone(DEFAULT_ZONE), shift=_shift(interval, bar_label)
+    )
+
+
+def _build(rows, *, symbol, interval, provider, tz, shift) -> FetchResult:
+    result = FetchResult(symbol)
+    daily = interval == "1day"
+    cache: dict[str, datetime] = {}
+    for key, values in rows:
+        if values is None or any(not isinstance(v, str) or not v.strip() for v in values):
+            result.rejected.append(Rejection(symbol, str(key), "missing field"))
+            continue
+        try:
+            ts = cache.get(key) if daily else None
+            if ts is None:
+                ts = date_to_utc(date.fromisoformat(key[:10]), tz) if daily else local_to_utc(key, tz, shift)
+        except (ValueError, TypeError):
+            result.rejected.append(Rejection(symbol, str(key), "bad timestamp"))
+            continue
+        o, h, l, c, v = (x.strip() for x in values)
+        result.bars.append(Bar(provider, symbol, interval, ts, o, h, l, c, v))
+    result.bars.sort(key=lambda b: b.ts)
+    return result
+
+
+@register
+class AlphaVantageProvider(Provider):
+    """Alpha Vantage over HTTP. Intervals: 1min, 5min, 15min, 30min, 60min (intraday), 1day (daily)."""
+
+    name = "alphavantage"
+    intervals = frozenset(AV_INTERVALS)
+
+    def __init__(self, config: AlphaVantageConfig, *, session: requests.Session | None = None, sleep=None) -> None:
+        self.config = config
+        self._local = threading.local()
+        self._session = session
+        self._sleep = sleep
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlphaVantageProvider:
+        if not settings.alpha_vantage_api_key:
+            raise ConfigError(
+                "ALPHA_VANTAGE_API_KEY is not set (get a free key at https://www.alphavantage.co/support/#api-key)",
+                name="ALPHA_VANTAGE_API_KEY",
+            )
+        return cls(
+            cls.config_from_settings(settings, api_key=settings.alpha_vantage_api_key, base_url=settings.alpha_vantage_base_url)
+        )
+
+    @staticmethod
+    def config_from_settings(settings: Settings, *, api_key: str, base_url: str) -> AlphaVantageConfig:
+        return AlphaVantageConfig(
+            api_key=api_key,
+            base_url=base_url,
+            outputsize=settings.alpha_vantage_outputsize,
+            datatype=settings.alpha_vantage_datatype,
+            extended_hours=settings.alpha_vantage_extended_hours,
+            month=settings.alpha_vantage_month,
+            bar_label=settings.alpha_vantage_bar_label,
+            connect_timeout_seconds=settings.http_connect_timeout_seconds,
+            read_timeout_seconds=settings.http_read_timeout_seconds,
+            retry=settings.retry_policy,
+        )
+
+    def secrets(self) -> list[str]:
+        return [self.config.api_key]
+
+    def _client(self) -> HttpClient:
+        # requests.Session is not documented as thread-safe: one per worker thread,
+        # unless the caller injected one (tests, single-threaded use).
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = HttpClient(
+                self.name,
+                self._session or requests.Session(),
+                connect_timeout_seconds=self.config.connect_timeout_seconds,
+                read_timeout_seconds=self.config.read_timeout_seconds,
+            )
+            self._local.client = client
+        return client
+
+    def params(self, symbol: str, interval: str) -> dict[str, str]:
+        """Query parameters for one request (``apikey`` included: never log these)."""
+        if interval not in AV_INTERVALS:
+            raise ConfigError(f"{self.name} has no interval {interval!r}", name="interval", value=interval)
+        cfg = self.config
+        av_interval = AV_INTERVALS[interval]
+        if av_interval is None:
+            p = {"function": "TIME_SERIES_DAILY", "symbol": symbol, "outputsize": cfg.outputsize}
+        else:
+            p = {
+                "function": "TIME_SERIES_INTRADAY",
+                "symbol": symbol,
+                "interval": av_interval,
+                "outputsize": cfg.outputsize,
+                "extended_hours": "true" if cfg.extended_hours else "false",
+            }
+            if cfg.month:
+                p["month"] = cfg.month
+        p["datatype"] = cfg.datatype
+        p["apikey"] = cfg.api_key
+        return p
+
+    def fetch_bars(self, symbol: str, interval: str) -> FetchResult:
+        params = self.params(symbol, interval)
+
+        def once() -> FetchResult:
+            resp = self._client().get(self.config.base_url, params, symbol=symbol)
+            return parse_response(
+                resp.body, symbol=symbol, interval=interval, provider=self.name, bar_label=self.config.bar_label, url=resp.url
+            )
+
+        kwargs = {"sleep": self._sleep} if self._sleep else {}
+        return call_with_retries(once, self.config.retry, **kwargs)
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None and self._session is None:
+            client.session.close()

@@ -1,0 +1,61 @@
+"""Keep secrets (API keys, tokens) out of logs, errors and tables.
+
+Two layers: :func:`redact_url` masks credential query parameters in a URL before
+it is put in a message, and :class:`Redactor` scrubs known secret strings out of
+any text (a traceback of a third-party exception included).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+__all__ = ["MASK", "SECRET_PARAMS", "redact_url", "Redactor", "RedactingFormatter"]
+
+MASK = "***"
+#: Query parameter names whose values are always masked (compared case-insensitively).
+SECRET_PARAMS = frozenset({"apikey", "api_key", "key", "token", "access_token", "secret", "password", "signature"})
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with the values of :data:`SECRET_PARAMS` replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+
+
+class Redactor:
+    """Replaces every registered secret (and credential URL parameters) in text with ``***``."""
+
+    _param_re = re.compile(r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS)) + r")=([^&\s'\"]+)")
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        for s in secrets:
+            self.add(s)
+
+    def add(self, secret: str | None) -> None:
+        """Register a secret; empty values and very short ones (< 4 chars, e.g. "demo") are ignored."""
+        if secret and len(secret) >= 4:
+            self._secrets.add(secret)
+
+    def __call__(self, text: str) -> str:
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, MASK)
+        return self._param_re.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A logging formatter whose whole output (message and traceback) passes through a :class:`Redactor`."""
+
+    def __init__(self, fmt: str, redactor: Redactor, datefmt: str | None = None) -> None:
+        super().__init__(fmt, datefmt)
+        self._redact = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(super().format(record))

@@ -1,0 +1,108 @@
+"""Pure transforms: provider-local timestamps to UTC bar starts, and bar validation.
+
+Nothing here does I/O or reads the clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from errors import TransformError
+from models.bar import Bar
+
+__all__ = ["Rejection", "zone", "local_to_utc", "date_to_utc", "validate_bars", "dedupe_bars"]
+
+log = logging.getLogger(__name__)
+UTC = UTC
+# What PostgreSQL's numeric input accepts and nothing more (float() also takes "1_000",
+# "nan" and non-ASCII digits; one such value would fail a whole COPY).
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that did not become a bar: ``key`` identifies it (its raw timestamp), ``reason`` says why."""
+
+    symbol: str
+    key: str
+    reason: str
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> tzinfo:
+    """The IANA zone ``name`` (``"US/Eastern"``, ``"America/New_York"``); raises TransformError if unknown."""
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise TransformError(f"unknown time zone {name!r}") from exc
+
+
+def local_to_utc(text: str, tz: tzinfo, shift: timedelta = timedelta(0)) -> datetime:
+    """Parse a naive local ``'YYYY-MM-DD HH:MM[:SS]'`` in ``tz`` and return the UTC instant plus ``shift``.
+
+    The conversion follows ``tz``'s DST rules (zoneinfo): ``'2024-03-11 09:30:00'`` in
+    New York is 13:30Z, ``'2024-03-08 09:30:00'`` is 14:30Z. For a wall time that occurs
+    twice (the autumn fall-back hour) the first occurrence (``fold=0``) is taken; ``shift``
+    is applied to the absolute instant (an end-labelled bar passes ``-interval``).
+    Raises ``ValueError`` for text that is not an ISO date-time.
+    """
+    return datetime.fromisoformat(text).replace(tzinfo=tz).astimezone(UTC) + shift
+
+
+def date_to_utc(day: date, tz: tzinfo) -> datetime:
+    """Midnight of ``day`` in ``tz``, as a UTC instant (the start of a daily bar)."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def _check(bar: Bar) -> str | None:
+    decimal = _DECIMAL.fullmatch
+    if not (decimal(bar.open) and decimal(bar.high) and decimal(bar.low) and decimal(bar.close) and decimal(bar.volume)):
+        return "non-numeric value"
+    try:
+        o, h, l, c, v = float(bar.open), float(bar.high), float(bar.low), float(bar.close), float(bar.volume)
+    except ValueError:
+        return "non-numeric value"
+    if not all(map(math.isfinite, (o, h, l, c, v))):
+        return "non-finite value"  # e.g. "1e999"
+    if v < 0:
+        return f"negative volume {bar.volume}"
+    if not (l <= o <= h and l <= c <= h):
+        return f"inconsistent OHLC (o={bar.open} h={bar.high} l={bar.low} c={bar.close})"
+    if bar.ts.tzinfo is None or bar.ts.utcoffset() != timedelta(0):
+        return "timestamp is not UTC"
+    return None
+
+
+def validate_bars(bars: Iterable[Bar]) -> tuple[list[Bar], list[Rejection]]:
+    """Split bars into valid ones and rejections.
+
+    A valid bar has finite numbers, ``low <= open, close <= high``, ``volume >= 0``
+    and a UTC-aware ``ts``. Order is preserved. Nothing is dropped silently: every bar
+    is either returned or rejected with a reason.
+    """
+    good: list[Bar] = []
+    rejected: list[Rejection] = []
+    for bar in bars:
+        reason = _check(bar)
+        if reason is None:
+            good.append(bar)
+        else:
+            rejected.append(Rejection(bar.symbol, bar.ts.isoformat(), reason))
+    return good, rejected
+
+
+def dedupe_bars(bars: Iterable[Bar]) -> list[Bar]:
+    """One bar per (provider, symbol, interval, ts), the last one seen winning; order of first appearance."""
+    seen: dict[tuple, Bar] = {}
+    for b in bars:
+        seen[(b.provider, b.symbol, b.interval, b.ts)] = b
+    return list(seen.values())

@@ -1,0 +1,16 @@
+"""Plain values shared by every layer: bars and run results."""
+
+from models.bar import INTERVALS, SYMBOL_RE, Bar, interval_seconds, normalize_symbol
+from models.run import CycleResult, PollingResults, RunStatus, SymbolOutcome
+
+__all__ = [
+    "Bar",
+    "INTERVALS",
+    "SYMBOL_RE",
+    "interval_seconds",
+    "normalize_symbol",
+    "CycleResult",
+    "PollingResults",
+    "RunStatus",
+    "SymbolOutcome",
+]

@@ -1,0 +1,61 @@
+"""The bar (one OHLCV record) as it flows from transform to load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["Bar", "INTERVALS", "interval_seconds", "SYMBOL_RE", "normalize_symbol"]
+
+#: Canonical bar intervals and their length in seconds. ``1day`` is a trading day.
+INTERVALS: dict[str, int] = {
+    "1min": 60,
+    "5min": 300,
+    "15min": 900,
+    "30min": 1800,
+    "60min": 3600,
+    "1day": 86400,
+}
+
+
+def interval_seconds(interval: str) -> int:
+    """Length of a canonical interval in seconds; raises ``KeyError`` for unknown names."""
+    return INTERVALS[interval]
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One OHLCV bar.
+
+    - ``ts``: the bar's *start*, a UTC-aware ``datetime``. Daily bars start at
+      midnight of the trading date in the exchange's zone.
+    - ``open``/``high``/``low``/``close``/``volume``: decimal text exactly as the
+      provider sent it (``"86.4900"``), validated as finite numbers by
+      :func:`etl.transform.validate_bars`; the database stores them as ``numeric``
+      so no binary-float rounding happens on the way.
+    - ``interval``: one of :data:`INTERVALS`; ``provider``: the registry name.
+    """
+
+    provider: str
+    symbol: str
+    interval: str
+    ts: datetime
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
+#: A ticker as marketpoll accepts it: letters, digits and ``. - : ^ = / _``, at most 32 characters
+#: (``IBM``, ``BRK.B``, ``TSCO.LON``, ``^GSPC``, ``BTC-USD``, ``X:BTCUSD``). Never a tab, space or newline.
+SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9.\-:^=/_]{0,31}", re.ASCII)
+
+
+def normalize_symbol(raw: str) -> str:
+    """Upper-case and check a symbol; raises ``ValueError`` naming it when malformed."""
+    sym = raw.strip().upper()
+    if not SYMBOL_RE.fullmatch(sym):
+        raise ValueError(f"malformed symbol {raw!r}")
+    return sym
