@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 
-from dotenv import load_dotenv
+from dotenv import find_dotenv, load_dotenv
 
 import cli
 from db import RunLedger, describe_url, make_engine, upgrade
@@ -39,7 +39,7 @@ def configure_logging(level: str, redactor: Redactor) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
-    load_dotenv()  # .env in the working directory; real environment variables win
+    load_dotenv(find_dotenv(usecwd=True))  # .env in the working directory or above; real env vars win
     try:
         settings = Settings.from_env(
             os.environ,

@@ -6,6 +6,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import sqlite3
+
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
@@ -72,6 +75,10 @@ def translate_db_errors(what: str) -> Iterator[None]:
         raise LoadError(f"{what}: {detail}", transient=transient) from exc
     except sa_exc.SQLAlchemyError as exc:
         raise LoadError(f"{what}: {exc}") from exc
+    except (psycopg2.Error, sqlite3.Error) as exc:  # raw DBAPI use (the COPY path) is not wrapped by SQLAlchemy
+        transient = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError))
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LoadError(f"{what}: {detail}", transient=transient) from exc
 
 
 def with_db_errors(what: str, fn: Callable[[], T]) -> T:

@@ -22,6 +22,7 @@ Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT`` through SQ
 from __future__ import annotations
 
 import io
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,6 +39,7 @@ from models.bar import Bar
 
 __all__ = ["BarLoader", "PostgresBarLoader", "SqlAlchemyBarLoader", "make_loader", "copy_text"]
 
+log = logging.getLogger(__name__)
 _COLS = BAR_KEY + BAR_VALUES
 _COL_LIST = ", ".join(f'"{c}"' for c in _COLS)
 _STAGE = "mp_stage_bars"
@@ -131,6 +133,7 @@ class PostgresBarLoader(BarLoader):
                 written += len(fresh)
             except psycopg2.errors.UniqueViolation:
                 # a concurrent writer inserted some of these bars first: merge them instead
+                log.debug("append of %d bars raced another writer; merging them", len(fresh))
                 cur.execute("ROLLBACK TO SAVEPOINT mp_append")
                 seen.extend(fresh)
         if seen:

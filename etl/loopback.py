@@ -64,7 +64,9 @@ class LoopbackServer:
         self._server = _Server(("127.0.0.1", port), _Req)
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name=f"loopback:{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"loopback:{self.port}", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

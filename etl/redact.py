@@ -39,8 +39,10 @@ class Redactor:
             self.add(s)
 
     def add(self, secret: str | None) -> None:
-        """Register a secret; empty values and very short ones (< 4 chars, e.g. "demo") are ignored."""
-        if secret and len(secret) >= 4:
+        """Register a secret. Values under 6 characters (the public placeholder key "demo") are not
+        scrubbed from free text: that would garble every line naming the demo provider. URL
+        parameters such as ``apikey=`` are masked whatever their length."""
+        if secret and len(secret) >= 6:
             self._secrets.add(secret)
 
     def __call__(self, text: str) -> str:

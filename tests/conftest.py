@@ -1,0 +1,151 @@
+"""Shared fixtures: a real PostgreSQL scratch database, SQLite files, a loopback replay server.
+
+PostgreSQL is required: when it cannot be reached the tests that need it *error*
+(they never skip), so a missing database cannot pass CI unnoticed.
+``MARKETPOLL_TEST_ADMIN_URL`` names a database to connect to for creating the
+scratch one (default: the machine's ``postgres@127.0.0.1:5432/test``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from db.engine import make_engine  # noqa: E402
+from db.migrate import upgrade  # noqa: E402
+from etl.loopback import LoopbackServer, Reply  # noqa: E402
+
+ADMIN_URL = os.environ.get("MARKETPOLL_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+SCRATCH_DB = f"marketpoll_test_{os.getpid()}"
+
+
+def _admin():
+    try:
+        conn = psycopg2.connect(ADMIN_URL, connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for this test and is not reachable at {ADMIN_URL}: {exc}")
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of a scratch PostgreSQL database, migrated, dropped at the end of the session."""
+    admin = _admin()
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}"')
+        cur.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+    dsn = psycopg2.extensions.parse_dsn(ADMIN_URL)
+    url = sa.engine.URL.create(
+        "postgresql+psycopg2",
+        username=dsn.get("user"),
+        password=dsn.get("password"),
+        host=dsn.get("host"),
+        port=int(dsn["port"]) if dsn.get("port") else None,
+        database=SCRATCH_DB,
+    ).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    yield url
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)')
+    admin.close()
+
+
+def _clean(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("TRUNCATE bars, etl_runs RESTART IDENTITY")
+        else:
+            conn.exec_driver_sql("DELETE FROM bars")
+            conn.exec_driver_sql("DELETE FROM etl_runs")
+
+
+@pytest.fixture
+def pg_engine(pg_url):
+    engine = make_engine(pg_url)
+    _clean(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'marketpoll.db'}"
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def engine(request):
+    """Each test using this runs against both databases."""
+    return request.getfixturevalue("pg_engine" if request.param == "postgresql" else "sqlite_engine")
+
+
+@dataclass
+class ReplayServer:
+    """A loopback HTTP server whose replies come from ``route(path, query)``; every request is logged."""
+
+    route: Callable[[str, dict[str, str]], Reply]
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: LoopbackServer | None = None
+
+    def __post_init__(self) -> None:
+        def handler(path: str, query: dict[str, str]) -> Reply:
+            with self.lock:
+                self.requests.append((path, query))
+            return self.route(path, query)
+
+        self.server = LoopbackServer(handler)
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}/query"
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def replay():
+    """Factory: ``replay(route)`` or ``replay([reply, reply, ...])`` (served in order, the last repeated)."""
+    servers: list[ReplayServer] = []
+
+    def make(route) -> ReplayServer:
+        if not callable(route):
+            replies = list(route)
+            state = {"i": 0}
+
+            def seq(_path, _query):
+                reply = replies[min(state["i"], len(replies) - 1)]
+                state["i"] += 1
+                return reply
+
+            route = seq
+        srv = ReplayServer(route)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for s in servers:
+        s.close()
+

@@ -1,0 +1,78 @@
+"""The demo provider: Alpha Vantage's wire format from the in-process simulator."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+from clock import ManualClock
+from contract import ProviderContract
+from etl.providers.alphavantage import AlphaVantageConfig, parse_response
+from etl.providers.demo import DemoMarket, DemoProvider
+from etl.transform import zone
+from support import real
+
+NY = zone("US/Eastern")
+MONDAY_1000_EDT = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
+
+
+class TestContract(ProviderContract):
+    @pytest.fixture
+    def provider(self):
+        with DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as p:
+            yield p
+
+    @pytest.fixture
+    def unknown_symbol(self):
+        return "INVALIDX"
+
+
+def test_json_and_csv_carry_the_same_bars():
+    clock = ManualClock(MONDAY_1000_EDT)
+    with DemoProvider(clock=clock) as js, DemoProvider(AlphaVantageConfig(datatype="csv"), clock=clock) as cs:
+        assert js.fetch_bars("IBM", "15min").bars == cs.fetch_bars("IBM", "15min").bars
+
+
+def test_values_are_deterministic_across_fetches_and_instances():
+    with DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as a, DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as b:
+        assert a.fetch_bars("MSFT", "5min").bars == b.fetch_bars("MSFT", "5min").bars
+
+
+def test_only_complete_bars_inside_the_extended_session():
+    with DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as p:
+        bars = p.fetch_bars("IBM", "5min").bars
+    assert bars[-1].ts == datetime(2024, 3, 11, 13, 55, tzinfo=UTC)  # 09:55 EDT, complete at 10:00
+    local = [b.ts.astimezone(NY) for b in bars]
+    assert all(t.weekday() < 5 and 4 <= t.hour < 20 for t in local)
+    # across the DST weekend: Friday's bars are EST (UTC-5), Monday's EDT (UTC-4)
+    assert {t.utcoffset().total_seconds() / 3600 for t in local} == {-5.0, -4.0}
+
+
+def test_saturday_serves_fridays_after_hours():
+    with DemoProvider(clock=ManualClock(datetime(2024, 3, 16, 15, tzinfo=UTC))) as p:
+        bars = p.fetch_bars("IBM", "5min").bars
+    assert bars[-1].ts.astimezone(NY).strftime("%a %H:%M") == "Fri 19:55"
+
+
+def test_wire_format_matches_a_real_alpha_vantage_reply():
+    status, headers, body = DemoMarket(ManualClock(MONDAY_1000_EDT)).reply(
+        "/query", {"function": "TIME_SERIES_INTRADAY", "symbol": "MSFT", "interval": "1min", "apikey": "demo"}
+    )
+    ours, theirs = json.loads(body), json.loads(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"))
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert list(ours) == list(theirs)
+    assert list(ours["Meta Data"]) == list(theirs["Meta Data"])
+    assert list(next(iter(ours["Time Series (1min)"].values()))) == list(next(iter(theirs["Time Series (1min)"].values())))
+    assert len(ours["Time Series (1min)"]) == 100
+    assert parse_response(body, symbol="MSFT", interval="1min").bars  # our own parser reads it
+
+
+def test_daily_and_errors_over_real_http():
+    with DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as p:
+        daily = p.fetch_bars("IBM", "1day").bars
+        assert daily[-1].ts == datetime(2024, 3, 8, 5, tzinfo=UTC)  # Friday; Monday's session is still open
+        missing_key = requests.get(p.config.base_url, params={"function": "TIME_SERIES_DAILY", "symbol": "IBM"}, timeout=5)
+        assert "apikey" in missing_key.json()["Error Message"]
