@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra passes per cycle for symbols that failed transiently (default: 3)",
     )
     poll.add_argument("--no-retry", action="store_true", help="no extra passes for failed symbols")
+    poll.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="threads fetching symbols concurrently; arrived batches are loaded together (default: 4)",
+    )
     poll.add_argument("--job-name", default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)")
 
     misc = p.add_argument_group("misc")

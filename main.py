@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("polling %s from %s into %s", " ".join(config.symbols), provider.name, describe_url(settings.database_url))
     with provider:
-        pipeline = EtlPipeline(provider, make_loader(engine), RunLedger(engine, redactor), redact=redactor, stop=stop)
+        pipeline = EtlPipeline(
+            provider, make_loader(engine), RunLedger(engine, redactor), redact=redactor, stop=stop, workers=args.workers
+        )
         results = PollingManager(pipeline, stop=stop).continuous_polling(config)
     engine.dispose()
 

@@ -1,10 +1,15 @@
 """One Extract-Transform-Load cycle over a list of symbols.
 
-For each symbol: fetch (the provider retries transient errors), validate, load in
-its own transaction. A symbol's failure (invalid symbol, throttled past the retry
-budget, malformed payload, a failed load) is recorded and the other symbols go on;
-rows already loaded are never touched by a later failure. The cycle's ``etl_runs``
-row is written at the start (``running``) and at the end.
+Symbols are fetched on a bounded thread pool (``workers``); each fetched batch is
+validated on its worker thread, and the calling thread loads batches as they arrive,
+every batch that has arrived since the last write in one group transaction (see
+:meth:`etl.load.BarLoader.load_many`): a symbol's bars land all or none, and at most
+``workers`` fetched batches wait in memory.
+
+A symbol's failure (invalid symbol, throttled past the provider's retries, malformed
+payload, a failed load) is recorded and the other symbols go on; rows already loaded are
+never touched by a later failure. The cycle's ``etl_runs`` row is written at the start
+(``running``) and at the end.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from clock import Clock, SystemClock
 from db.ledger import RunLedger
-from errors import LoadError, MarketpollError
+from errors import ConfigError, LoadError, MarketpollError
 from etl.load import BarLoader
 from etl.providers.base import Provider
 from etl.transform import validate_bars
+from models.bar import Bar
 from models.run import CycleResult, SymbolOutcome
 
 __all__ = ["EtlPipeline"]
@@ -30,8 +37,10 @@ log = logging.getLogger(__name__)
 class EtlPipeline:
     """Runs cycles: ``provider`` → :func:`~etl.transform.validate_bars` → ``loader``, recorded by ``ledger``.
 
-    ``redact`` cleans every error text before it is logged or stored.
-    ``stop`` (an Event) makes a running cycle start no new symbol; the cycle is then marked ``interrupted``.
+    - ``workers``: fetch threads (>= 1).
+    - ``redact`` cleans every error text before it is logged or stored.
+    - ``stop`` (an Event, set by a signal): start no new symbol; batches already fetched
+      are still loaded, and the cycle is recorded as ``interrupted``.
     """
 
     def __init__(
@@ -43,22 +52,25 @@ class EtlPipeline:
         clock: Clock | None = None,
         redact: Callable[[str], str] = lambda s: s,
         stop: threading.Event | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}", name="workers", value=workers)
         self.provider = provider
         self.loader = loader
         self.ledger = ledger
         self.clock = clock or SystemClock()
         self.redact = redact
         self.stop = stop or threading.Event()
+        self.workers = workers
 
     def run_cycle(self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0) -> CycleResult:
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
 
-        After the first pass, symbols that failed with a transient error (throttled past
-        the provider's own retries, a timeout) get up to ``retry_passes`` more passes.
-
-        If the ledger row cannot be written (database down) the cycle is ``failed`` with
-        ``error`` set and nothing is fetched.
+        After the first pass, symbols that failed with a transient error (throttled past the
+        provider's own retries, a timeout, a dropped database connection) get up to
+        ``retry_passes`` more passes. If the ledger row cannot be written (database down)
+        the cycle is ``failed`` with ``error`` set and nothing is fetched.
         """
         t0 = time.monotonic()
         cycle = CycleResult(job_name=job_name, provider=self.provider.name, started_at=self.clock.now())
@@ -69,19 +81,17 @@ class EtlPipeline:
             cycle.settle(self.clock.now())
             log.error("cycle %s: database unavailable, nothing fetched: %s", job_name, cycle.error)
             return cycle
-        for symbol in symbols:
-            if self.stop.is_set():
-                break
-            cycle.outcomes.append(self._one(symbol, interval))
-        for _ in range(retry_passes):
-            again = [i for i, o in enumerate(cycle.outcomes) if o.transient and not o.ok]
-            if not again or self.stop.is_set():
-                break
-            log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(again))
-            for i in again:
-                if self.stop.is_set():
+        done: dict[str, SymbolOutcome] = {}
+        todo = list(symbols)
+        for attempt in range(1 + retry_passes):
+            if attempt:
+                todo = [s for s in todo if s in done and done[s].transient and not done[s].ok]
+                if not todo or self.stop.is_set():
                     break
-                cycle.outcomes[i] = self._one(cycle.outcomes[i].symbol, interval)
+                log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
+            for outcome in self._process(todo, interval):
+                done[outcome.symbol] = outcome
+        cycle.outcomes = [done[s] for s in symbols if s in done]
         cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
         try:
             self.ledger.finish(cycle)
@@ -91,41 +101,60 @@ class EtlPipeline:
         log.info(
             "cycle job=%s provider=%s interval=%s symbols=%d ok=%d failed=%d rows fetched=%d loaded=%d rejected=%d"
             " status=%s duration=%.3fs",
-            job_name,
-            self.provider.name,
-            interval,
-            len(symbols),
-            len(cycle.outcomes) - len(cycle.failed),
-            len(cycle.failed),
-            cycle.rows_fetched,
-            cycle.rows_loaded,
-            cycle.rows_rejected,
-            cycle.status.value,
+            job_name, self.provider.name, interval, len(symbols), len(cycle.outcomes) - len(cycle.failed),
+            len(cycle.failed), cycle.rows_fetched, cycle.rows_loaded, cycle.rows_rejected, cycle.status.value,
             time.monotonic() - t0,
-        )
+        )  # fmt: skip
         return cycle
 
-    def _one(self, symbol: str, interval: str) -> SymbolOutcome:
+    def _process(self, symbols: Sequence[str], interval: str) -> Iterator[SymbolOutcome]:
+        """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome."""
+        pending = iter(symbols)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="fetch") as pool:
+            in_flight: set[Future] = set()
+
+            def refill() -> None:
+                while len(in_flight) < self.workers and not self.stop.is_set():
+                    symbol = next(pending, None)
+                    if symbol is None:
+                        return
+                    in_flight.add(pool.submit(self._extract, symbol, interval))
+
+            refill()
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                in_flight -= finished
+                refill()  # keep fetching while this thread writes
+                arrived = [f.result() for f in finished]
+                yield from self._load([(o, b) for o, b in arrived if o.ok and b])
+                yield from (o for o, b in arrived if not (o.ok and b))
+
+    def _extract(self, symbol: str, interval: str) -> tuple[SymbolOutcome, list[Bar]]:
+        """Fetch and validate one symbol (runs on a worker thread)."""
         out = SymbolOutcome(symbol)
         try:
             fetched = self.provider.fetch_bars(symbol, interval)
-            good, rejected = validate_bars(fetched.bars)
-            rejected = fetched.rejected + rejected
-            out.rows_fetched = len(fetched.bars) + len(fetched.rejected)
-            out.rows_rejected = len(rejected)
-            if rejected:
-                log.warning(
-                    "%s: rejected %d of %d bars, e.g. %s: %s",
-                    symbol,
-                    len(rejected),
-                    out.rows_fetched,
-                    rejected[0].key,
-                    rejected[0].reason,
-                )
-            out.rows_loaded = self.loader.load(good)
-            out.newest_ts = good[-1].ts if good else None
         except MarketpollError as exc:
-            out.error = self.redact(str(exc))
-            out.transient = exc.transient
+            out.error, out.transient = self.redact(str(exc)), exc.transient
             log.warning("%s: %s", symbol, out.error)
-        return out
+            return out, []
+        good, rejected = validate_bars(fetched.bars)
+        rejected = fetched.rejected + rejected
+        out.rows_fetched = len(fetched.bars) + len(fetched.rejected)
+        out.rows_rejected = len(rejected)
+        out.newest_ts = good[-1].ts if good else None
+        if rejected:
+            r = rejected[0]
+            log.warning("%s: rejected %d of %d bars, e.g. %s: %s", symbol, len(rejected), out.rows_fetched, r.key, r.reason)
+        return out, good
+
+    def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]]) -> list[SymbolOutcome]:
+        if not ready:
+            return []
+        for (out, _), result in zip(ready, self.loader.load_many([bars for _, bars in ready]), strict=True):
+            if isinstance(result, LoadError):
+                out.error, out.transient = self.redact(str(result)), result.transient
+                log.warning("%s: %s", out.symbol, out.error)
+            else:
+                out.rows_loaded = result
+        return [out for out, _ in ready]

@@ -148,4 +148,3 @@ def replay():
     yield make
     for s in servers:
         s.close()
-

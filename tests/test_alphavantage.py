@@ -54,7 +54,13 @@ def test_intraday_json_real_recording():
     newest = r.bars[-1]
     # "2017-12-18 14:56:00" US/Eastern (EST) is 19:56Z; values kept as the exact decimal text
     assert newest.ts == datetime(2017, 12, 18, 19, 56, tzinfo=UTC)
-    assert (newest.open, newest.high, newest.low, newest.close, newest.volume) == ("86.4900", "86.5000", "86.4750", "86.5000", "10494")
+    assert (newest.open, newest.high, newest.low, newest.close, newest.volume) == (
+        "86.4900",
+        "86.5000",
+        "86.4750",
+        "86.5000",
+        "10494",
+    )
 
 
 def test_intraday_csv_real_recording_lf_and_crlf():
@@ -75,7 +81,10 @@ def test_daily_json_and_csv_start_at_new_york_midnight():
 
 def test_byte_order_mark_is_ignored():
     body = real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json")
-    assert parse_response(BOM + body, symbol="MSFT", interval="1min").bars == parse_response(body, symbol="MSFT", interval="1min").bars
+    assert (
+        parse_response(BOM + body, symbol="MSFT", interval="1min").bars
+        == parse_response(body, symbol="MSFT", interval="1min").bars
+    )
 
 
 def test_throttle_note_with_bom_is_rate_limited():
@@ -95,8 +104,14 @@ def test_error_message_is_invalid_symbol():
     ("body", "error"),
     [
         (b'{"Information": "Thank you for using Alpha Vantage! This is a premium endpoint. Subscribe..."}', PremiumRequired),
-        (b'{"Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day."}', QuotaExhausted),
-        (b'{"Information": "Please consider spreading out your free API requests more sparingly (1 request per second)."}', RateLimited),
+        (
+            b'{"Information": "Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day."}',
+            QuotaExhausted,
+        ),
+        (
+            b'{"Information": "Please consider spreading out your free API requests more sparingly (1 request per second)."}',
+            RateLimited,
+        ),
         (b'{"Meta Data": {"4. Interval": "5min"}, "Time Series (5min)": ', PayloadError),  # truncated
         (b'{"Global Quote": {}}', PayloadError),
         (b"<html>gateway error</html>", PayloadError),
@@ -115,7 +130,10 @@ def test_interval_mismatch_is_a_payload_error():
 
 
 def test_bad_rows_are_rejected_not_dropped():
-    body = b"timestamp,open,high,low,close,volume\r\n2024-01-02 10:00:00,1,2,0.5,1.5,10\r\nnot-a-time,1,2,0.5,1.5,10\r\n2024-01-02 10:05:00,1,2\r\n"
+    body = (
+        b"timestamp,open,high,low,close,volume\r\n"
+        b"2024-01-02 10:00:00,1,2,0.5,1.5,10\r\nnot-a-time,1,2,0.5,1.5,10\r\n2024-01-02 10:05:00,1,2\r\n"
+    )
     r = parse_response(body, symbol="IBM", interval="5min")
     assert len(r.bars) == 1
     assert sorted(x.reason for x in r.rejected) == ["bad timestamp", "missing field"]
@@ -201,7 +219,11 @@ def test_throttle_beyond_attempts_raises_rate_limited(replay):
 def test_http_429_honours_retry_after(replay):
     srv = replay([(429, {"Retry-After": "1"}, b"slow down"), ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"))])
     sleeps = []
-    make(srv.url, sleeps=sleeps, retry=RetryPolicy(max_attempts=2, initial_delay_seconds=0.01, jitter_seconds=0, max_delay_seconds=5)).fetch_bars("IBM", "5min")
+    make(
+        srv.url,
+        sleeps=sleeps,
+        retry=RetryPolicy(max_attempts=2, initial_delay_seconds=0.01, jitter_seconds=0, max_delay_seconds=5),
+    ).fetch_bars("IBM", "5min")
     assert sleeps == [1.0]
 
 
@@ -235,7 +257,12 @@ def test_read_timeout_is_transient_and_redacted(replay, caplog):
     srv = replay(slow)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(HTTPError) as info:
-        make(srv.url, sleeps=[], read_timeout_seconds=0.1, retry=RetryPolicy(max_attempts=2, initial_delay_seconds=0, jitter_seconds=0)).fetch_bars("IBM", "5min")
+        make(
+            srv.url,
+            sleeps=[],
+            read_timeout_seconds=0.1,
+            retry=RetryPolicy(max_attempts=2, initial_delay_seconds=0, jitter_seconds=0),
+        ).fetch_bars("IBM", "5min")
     assert info.value.transient and "timeout" in str(info.value)
     assert KEY not in str(info.value) and "apikey=***" in info.value.url
     assert info.value.__cause__ is None and info.value.__suppress_context__  # the raw requests error (with the key) is dropped

@@ -89,7 +89,15 @@ def test_alphavantage_without_key_exits_2(tmp_path):
 def test_help_documents_every_flag(tmp_path):
     r = run(["--help"], cwd=tmp_path)
     assert r.returncode == 0
-    for flag in ("--continuous-poll", "--provider", "--symbols", "--interval", "--poll-interval", "--poll-max-iterations", "--database-url"):
+    for flag in (
+        "--continuous-poll",
+        "--provider",
+        "--symbols",
+        "--interval",
+        "--poll-interval",
+        "--poll-max-iterations",
+        "--database-url",
+    ):
         assert flag in r.stdout
 
 
@@ -107,8 +115,25 @@ def test_alphavantage_through_base_url_never_shows_the_key(tmp_path, replay, sql
     srv = replay(route)
     # .env is read from the working directory; the environment would win over it
     (tmp_path / ".env").write_text(f"ALPHA_VANTAGE_API_KEY={KEY}\nALPHA_VANTAGE_BASE_URL={srv.url}\nLOG_LEVEL=DEBUG\n")
-    r = run(["--continuous-poll", "--poll-interval", "0.005", "--poll-max-iterations", "1", "--provider", "alphavantage",
-             "--symbols", "MSFT", "BADONE", "--interval", "1min", "--database-url", sqlite_url], cwd=tmp_path)
+    r = run(
+        [
+            "--continuous-poll",
+            "--poll-interval",
+            "0.005",
+            "--poll-max-iterations",
+            "1",
+            "--provider",
+            "alphavantage",
+            "--symbols",
+            "MSFT",
+            "BADONE",
+            "--interval",
+            "1min",
+            "--database-url",
+            sqlite_url,
+        ],
+        cwd=tmp_path,
+    )
     assert r.returncode == 1, r.stderr
     assert srv.requests and srv.requests[0][1]["apikey"] == KEY  # the key did reach the API
     assert KEY not in r.stdout and KEY not in r.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -19,7 +20,9 @@ T0 = datetime(2024, 3, 11, 13, 30, tzinfo=UTC)
 
 def bars(n, *, symbol="IBM", start=T0, close="10.5000", provider="demo"):
     stamps = [start + timedelta(minutes=5 * i) for i in range(n)]
-    return [Bar(provider, symbol, "5min", ts, "10.0000", "11.0000", "9.5000", close, str(int(ts.timestamp()) % 997)) for ts in stamps]
+    return [
+        Bar(provider, symbol, "5min", ts, "10.0000", "11.0000", "9.5000", close, str(int(ts.timestamp()) % 997)) for ts in stamps
+    ]
 
 
 def rows(engine):
@@ -39,7 +42,9 @@ def test_load_twice_adds_and_changes_nothing(engine):
 def test_revised_bar_overwrites(engine):
     loader = make_loader(engine)
     loader.load(bars(10))
-    revised = bars(10)[:9] + [Bar("demo", "IBM", "5min", T0 + timedelta(minutes=45), "10.0000", "11.0000", "9.5000", "10.7500", "999")]
+    revised = bars(10)[:9] + [
+        Bar("demo", "IBM", "5min", T0 + timedelta(minutes=45), "10.0000", "11.0000", "9.5000", "10.7500", "999")
+    ]
     assert loader.load(revised) == 1
     last = rows(engine)[-1]
     assert Decimal(str(last.close)) == Decimal("10.75") and Decimal(str(last.volume)) == 999
@@ -152,3 +157,26 @@ def test_dead_database_is_a_transient_load_error():
 def test_empty_batch_is_a_no_op(engine):
     assert make_loader(engine).load([]) == 0
     assert sa.inspect(engine).has_table("bars")
+
+
+def test_load_many_counts_per_batch_and_isolates_a_bad_batch(engine):
+    loader = make_loader(engine)
+    loader.load(bars(10, symbol="OLD"))
+    revised = bars(10, symbol="OLD")
+    revised[3] = Bar("demo", "OLD", "5min", revised[3].ts, "10.0000", "11.0000", "9.5000", "10.1234", "7")
+    poisoned = bars(4, symbol="BAD")
+    poisoned[2] = Bar("demo", "BAD", "5min", poisoned[2].ts, "10", "11", "9", None, "1")
+    results = loader.load_many(
+        [bars(5, symbol="NEW"), revised + bars(2, symbol="OLD", start=T0 + timedelta(minutes=50)), poisoned, []]
+    )
+    assert results[0] == 5 and results[1] == 3 and results[3] == 0  # 1 revised + 2 appended
+    assert isinstance(results[2], LoadError)
+    counts = dict(Counter(r.symbol for r in rows(engine)))
+    assert counts == {"NEW": 5, "OLD": 12}  # BAD landed nothing, the others everything
+
+
+def test_load_many_in_one_group_is_idempotent(engine):
+    loader = make_loader(engine)
+    group = [bars(20, symbol=s) for s in ("A", "B", "C")]
+    assert loader.load_many(group) == [20, 20, 20]
+    assert loader.load_many(group) == [0, 0, 0]

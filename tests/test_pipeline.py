@@ -146,3 +146,14 @@ def test_demo_cycle_into_postgres_keeps_decimal_text(pg_engine, datatype):
     with pg_engine.connect() as c:
         got = c.exec_driver_sql("SELECT open::text, close::text FROM latest_bars WHERE symbol = 'IBM'").one()
     assert tuple(got) == (expected.open, expected.close)
+
+
+def test_worker_pool_loads_every_symbol_and_keeps_symbol_order(engine):
+    symbols = [f"S{i:02d}" for i in range(12)] + ["INVALIDQ"]
+    with DemoProvider(clock=ManualClock(NOW)) as provider:
+        cycle = pipeline(engine, provider, workers=4).run_cycle(symbols, "15min", job_name="t")
+    assert [o.symbol for o in cycle.outcomes] == symbols
+    assert cycle.status is RunStatus.PARTIAL and [o.symbol for o in cycle.failed] == ["INVALIDQ"]
+    assert bar_count(engine) == 1200 and cycle.rows_loaded == 1200
+    assert all(o.rows_loaded == 100 for o in cycle.outcomes if o.ok)
+    assert ledger(engine)[0]["symbols_succeeded"] == 12

@@ -57,8 +57,14 @@ def test_continuous_polling_runs_n_cycles_on_schedule(sqlite_engine):
     assert results["total_records_processed"] == 600 and results["total_records_loaded"] == 200
     assert results["start_time"] == T.isoformat() and results["total_duration"] == "0:01:00"
     assert set(results) >= {
-        "total_iterations", "successful_cycles", "failed_cycles", "total_records_processed",
-        "start_time", "end_time", "total_duration", "success_rate",
+        "total_iterations",
+        "successful_cycles",
+        "failed_cycles",
+        "total_records_processed",
+        "start_time",
+        "end_time",
+        "total_duration",
+        "success_rate",
     }
 
 

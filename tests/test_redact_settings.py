@@ -33,15 +33,27 @@ def test_short_placeholder_keys_are_not_treated_as_secrets():
 
 
 def test_settings_from_env_and_defaults():
-    s = Settings.from_env({"DATABASE_URL": "sqlite:///x.db", "RETRY_MAX_ATTEMPTS": "2", "ALPHA_VANTAGE_EXTENDED_HOURS": "false", "LOG_LEVEL": ""})
-    assert (s.database_url, s.retry_max_attempts, s.alpha_vantage_extended_hours, s.log_level) == ("sqlite:///x.db", 2, False, "INFO")
+    s = Settings.from_env(
+        {"DATABASE_URL": "sqlite:///x.db", "RETRY_MAX_ATTEMPTS": "2", "ALPHA_VANTAGE_EXTENDED_HOURS": "false", "LOG_LEVEL": ""}
+    )
+    assert (s.database_url, s.retry_max_attempts, s.alpha_vantage_extended_hours, s.log_level) == (
+        "sqlite:///x.db",
+        2,
+        False,
+        "INFO",
+    )
     assert s.retry_policy.max_attempts == 2
 
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("RETRY_MAX_ATTEMPTS", "many"), ("HTTP_READ_TIMEOUT_SECONDS", "-1"), ("ALPHA_VANTAGE_DATATYPE", "xml"),
-     ("ALPHA_VANTAGE_MONTH", "2024-13"), ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe")],
+    [
+        ("RETRY_MAX_ATTEMPTS", "many"),
+        ("HTTP_READ_TIMEOUT_SECONDS", "-1"),
+        ("ALPHA_VANTAGE_DATATYPE", "xml"),
+        ("ALPHA_VANTAGE_MONTH", "2024-13"),
+        ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
+    ],
 )
 def test_bad_settings_name_the_variable(var, value):
     with pytest.raises(ConfigError) as info:
