@@ -64,12 +64,15 @@ class EtlPipeline:
         self.stop = stop or threading.Event()
         self.workers = workers
 
-    def run_cycle(self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0) -> CycleResult:
+    def run_cycle(
+        self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0, batch_size: int = 10
+    ) -> CycleResult:
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
 
         After the first pass, symbols that failed with a transient error (throttled past the
         provider's own retries, a timeout, a dropped database connection) get up to
-        ``retry_passes`` more passes. If the ledger row cannot be written (database down)
+        ``retry_passes`` more passes. At most ``batch_size`` symbols are written per load
+        transaction. If the ledger row cannot be written (database down)
         the cycle is ``failed`` with ``error`` set and nothing is fetched.
         """
         t0 = time.monotonic()
@@ -89,7 +92,7 @@ class EtlPipeline:
                 if not todo or self.stop.is_set():
                     break
                 log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
-            for outcome in self._process(todo, interval):
+            for outcome in self._process(todo, interval, batch_size):
                 done[outcome.symbol] = outcome
         cycle.outcomes = [done[s] for s in symbols if s in done]
         cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
@@ -107,7 +110,7 @@ class EtlPipeline:
         )  # fmt: skip
         return cycle
 
-    def _process(self, symbols: Sequence[str], interval: str) -> Iterator[SymbolOutcome]:
+    def _process(self, symbols: Sequence[str], interval: str, batch_size: int) -> Iterator[SymbolOutcome]:
         """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome."""
         pending = iter(symbols)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="fetch") as pool:
@@ -126,7 +129,9 @@ class EtlPipeline:
                 in_flight -= finished
                 refill()  # keep fetching while this thread writes
                 arrived = [f.result() for f in finished]
-                yield from self._load([(o, b) for o, b in arrived if o.ok and b])
+                loadable = [(o, b) for o, b in arrived if o.ok and b]
+                for i in range(0, len(loadable), batch_size):
+                    yield from self._load(loadable[i : i + batch_size])
                 yield from (o for o, b in arrived if not (o.ok and b))
 
     def _extract(self, symbol: str, interval: str) -> tuple[SymbolOutcome, list[Bar]]:

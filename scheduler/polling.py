@@ -1,114 +1,135 @@
 """Polling: run ETL cycles repeatedly, the wait between them chosen by a strategy.
 
-A strategy is a pure decision (see :class:`PollingStrategy`): given what happened
-and ``now``, when is the next poll? :class:`PollingManager` owns the loop, the
-clock and all I/O, and stops promptly when its ``stop`` event is set (a signal).
+:class:`PollingManager` owns the loop, the clock and all I/O; the strategies in
+:mod:`scheduler.strategies` only decide when the next poll is due. The loop sleeps on
+the ``stop`` event (a signal wakes it at once), in slices of at most
+:data:`MAX_SLEEP_SECONDS` after which it re-asks the strategy, so a wall-clock jump
+(NTP, a suspended VM) cannot make it oversleep an open.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 from clock import Clock, SystemClock
 from errors import ConfigError
 from etl.pipeline import EtlPipeline
 from models.bar import INTERVALS
 from models.run import CycleResult, PollingResults
+from scheduler.calendar import Calendars, Session
+from scheduler.strategies import AdaptiveStrategy, ContinuousStrategy, MarketHoursStrategy, PollingStrategy
 
-__all__ = ["PollingConfig", "PollingStrategy", "ContinuousStrategy", "PollingManager"]
+__all__ = ["PollingConfig", "PollingManager", "MAX_SLEEP_SECONDS"]
 
 log = logging.getLogger(__name__)
+
+#: Longest single sleep, in seconds, before the loop re-evaluates the next poll time.
+MAX_SLEEP_SECONDS = 900.0
 
 
 @dataclass(frozen=True, slots=True)
 class PollingConfig:
-    """What to poll and how often.
+    """What to poll and how often (the seed's PollingConfig, plus exchange and sessions).
 
-    - ``interval_minutes``: minutes between poll starts (fractions allowed, > 0).
+    - ``interval_minutes``: minutes between poll starts (fractions allowed, > 0); the
+      adaptive strategy's starting interval.
     - ``max_iterations``: cycles to run, None = until stopped.
     - ``symbols``: tickers; ``interval``: bar interval (a key of :data:`models.INTERVALS`).
+    - ``batch_size``: at most this many symbols' batches are written per load transaction.
     - ``retry_on_failure`` / ``max_retries``: after a cycle's first pass, symbols that
       failed with a transient error (throttle, timeout) get up to ``max_retries`` more passes.
-    - ``job_name``: the ``etl_runs.job_name``; None = the strategy's name.
+    - ``exchange``: calendar code (XNYS, XNAS, XWAR, XNSE, 24/7, or any library code);
+      ``sessions``: which of pre / regular / post to poll in (market-hours and adaptive).
+    - ``min_interval_minutes`` / ``max_interval_minutes``: the adaptive strategy's bounds
+      (default: a quarter of, and eight times, ``interval_minutes``).
+    - ``job_name``: the ``etl_runs.job_name``; None = ``<strategy>_polling``.
     """
 
     interval_minutes: float = 5.0
     max_iterations: int | None = None
     symbols: tuple[str, ...] = ()
     interval: str = "5min"
+    batch_size: int = 10
     retry_on_failure: bool = True
     max_retries: int = 3
+    exchange: str = "XNYS"
+    sessions: tuple[str, ...] = ("regular",)
+    min_interval_minutes: float | None = None
+    max_interval_minutes: float | None = None
     job_name: str | None = None
 
     def __post_init__(self) -> None:
+        def bad(name: str, message: str) -> ConfigError:
+            return ConfigError(message, name=name, value=getattr(self, name))
+
         if not self.interval_minutes > 0:
-            raise ConfigError(
-                f"poll interval must be > 0 minutes, got {self.interval_minutes}",
-                name="interval_minutes",
-                value=self.interval_minutes,
-            )
+            raise bad("interval_minutes", f"poll interval must be > 0 minutes, got {self.interval_minutes}")
         if self.max_iterations is not None and self.max_iterations < 1:
-            raise ConfigError(
-                f"max iterations must be >= 1, got {self.max_iterations}", name="max_iterations", value=self.max_iterations
-            )
+            raise bad("max_iterations", f"max iterations must be >= 1, got {self.max_iterations}")
         if not self.symbols:
-            raise ConfigError("no symbols to poll", name="symbols")
+            raise bad("symbols", "no symbols to poll")
         if self.interval not in INTERVALS:
-            raise ConfigError(f"unknown bar interval {self.interval!r}", name="interval", value=self.interval)
+            raise bad("interval", f"unknown bar interval {self.interval!r}")
         if self.max_retries < 0:
-            raise ConfigError(f"max retries must be >= 0, got {self.max_retries}", name="max_retries", value=self.max_retries)
+            raise bad("max_retries", f"max retries must be >= 0, got {self.max_retries}")
+        if self.batch_size < 1:
+            raise bad("batch_size", f"batch size must be >= 1, got {self.batch_size}")
+        unknown = [s for s in self.sessions if s not in ("pre", "regular", "post")]
+        if not self.sessions or unknown:
+            raise bad("sessions", f"sessions must be among pre, regular, post; got {list(self.sessions)}")
+        if not 0 < self.min_interval_seconds <= self.max_interval_seconds:
+            raise bad("min_interval_minutes", "need 0 < min interval <= max interval")
 
     @property
     def interval_seconds(self) -> float:
         return self.interval_minutes * 60.0
 
+    @property
+    def min_interval_seconds(self) -> float:
+        return (self.min_interval_minutes if self.min_interval_minutes is not None else self.interval_minutes / 4) * 60.0
 
-class PollingStrategy(ABC):
-    """A pure scheduling policy. ``next_poll(last, now)`` returns the UTC instant of the next poll.
+    @property
+    def max_interval_seconds(self) -> float:
+        return (self.max_interval_minutes if self.max_interval_minutes is not None else self.interval_minutes * 8) * 60.0
 
-    ``last`` is the previous cycle (None before the first); implementations must not
-    read the clock or do I/O, so they can be tested at any instant.
-    """
-
-    name: str
-
-    def __init__(self, config: PollingConfig) -> None:
-        self.config = config
-
-    @abstractmethod
-    def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
-        """When to poll next (UTC-aware); a time <= ``now`` means at once."""
-
-
-class ContinuousStrategy(PollingStrategy):
-    """Poll at a fixed rate, around the clock: every ``interval_minutes`` from the previous poll's start.
-
-    A cycle that overruns the interval is followed at once (no burst of catch-up polls).
-    """
-
-    name = "continuous"
-
-    def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
-        if last is None:
-            return now
-        return max(now, last.started_at + timedelta(seconds=self.config.interval_seconds))
+    @property
+    def session_set(self) -> frozenset[Session]:
+        return frozenset(Session(s) for s in self.sessions)
 
 
 class PollingManager:
-    """Runs a strategy's polling loop over an :class:`~etl.pipeline.EtlPipeline`."""
+    """The seed's PollingManager: three strategies over an :class:`~etl.pipeline.EtlPipeline`.
 
-    def __init__(self, pipeline: EtlPipeline, *, clock: Clock | None = None, stop: threading.Event | None = None) -> None:
+    Each ``*_polling`` method runs until ``max_iterations`` cycles or ``stop`` and returns
+    the results dict (:meth:`models.PollingResults.as_dict`).
+    """
+
+    def __init__(
+        self,
+        pipeline: EtlPipeline,
+        *,
+        calendars: Calendars | None = None,
+        clock: Clock | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.pipeline = pipeline
+        self.calendars = calendars or Calendars()
         self.clock = clock or pipeline.clock or SystemClock()
         self.stop = stop or pipeline.stop
 
     def continuous_polling(self, config: PollingConfig) -> dict:
-        """Poll at a fixed interval; returns the results dict (see :meth:`PollingResults.as_dict`)."""
+        """Poll every ``interval_minutes``, around the clock."""
         return self.run(ContinuousStrategy(config)).as_dict()
+
+    def market_hours_polling(self, config: PollingConfig) -> dict:
+        """Poll every ``interval_minutes`` inside ``config.sessions`` of ``config.exchange`` only."""
+        return self.run(MarketHoursStrategy(config, self.calendars.get(config.exchange))).as_dict()
+
+    def adaptive_polling(self, config: PollingConfig) -> dict:
+        """Poll at an interval that follows data arrival, sessions and throttling."""
+        return self.run(AdaptiveStrategy(config, self.calendars.get(config.exchange))).as_dict()
 
     def run(self, strategy: PollingStrategy) -> PollingResults:
         cfg = strategy.config
@@ -117,23 +138,25 @@ class PollingManager:
         while not self.stop.is_set() and (cfg.max_iterations is None or len(results.cycles) < cfg.max_iterations):
             now = self.clock.now()
             due = strategy.next_poll(last, now)
-            if last is not None:
-                results.intervals_seconds.append((due - last.started_at).total_seconds())
             wait = (due - now).total_seconds()
             if wait > 0:
-                log.debug("%s: next poll at %s (in %.1fs)", strategy.name, due.isoformat(), wait)
-                if self.clock.sleep(wait, self.stop):
+                if wait > 60:
+                    log.info("%s: next poll at %s (in %.0fs)", strategy.name, due.isoformat(), wait)
+                if self.clock.sleep(min(wait, MAX_SLEEP_SECONDS), self.stop):
                     break
-            last = self._cycle(cfg, strategy.name)
-            results.cycles.append(last)
+                continue  # re-evaluate: the wait may have been sliced, or the clock jumped
+            cycle = self.pipeline.run_cycle(
+                cfg.symbols,
+                cfg.interval,
+                job_name=cfg.job_name or f"{strategy.name}_polling",
+                retry_passes=cfg.max_retries if cfg.retry_on_failure else 0,
+                batch_size=cfg.batch_size,
+            )
+            if last is not None:
+                results.intervals_seconds.append((cycle.started_at - last.started_at).total_seconds())
+            results.cycles.append(cycle)
+            strategy.observe(cycle)
+            last = cycle
         results.interrupted = self.stop.is_set()
         results.end_time = self.clock.now()
         return results
-
-    def _cycle(self, cfg: PollingConfig, strategy_name: str) -> CycleResult:
-        return self.pipeline.run_cycle(
-            cfg.symbols,
-            cfg.interval,
-            job_name=cfg.job_name or f"{strategy_name}_polling",
-            retry_passes=cfg.max_retries if cfg.retry_on_failure else 0,
-        )

@@ -14,7 +14,8 @@ from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers.demo import DemoProvider
 from models.run import CycleResult
-from scheduler.polling import ContinuousStrategy, PollingConfig, PollingManager
+from scheduler.polling import PollingConfig, PollingManager
+from scheduler.strategies import ContinuousStrategy
 
 T = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
 
