@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 from etl.providers import provider_names
 from etl.providers.alphavantage import MONTH_RE
@@ -69,6 +70,27 @@ def _month(text: str) -> str:
     return text
 
 
+def _exchange(text: str) -> str:
+    code = text.strip().upper()
+    if not code or len(code) > 40 or any(c.isspace() for c in code):
+        raise argparse.ArgumentTypeError(f"bad exchange code {text!r}")
+    return code
+
+
+def _instant(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone (Z or +HH:MM): {text!r}")
+    return dt.astimezone(UTC)
+
+
+POLL_MODES = ("continuous_poll", "market_hours_poll", "adaptive_poll")
+SCHEDULE_KINDS = ("market", "pre_market", "after_hours")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="main.py",
@@ -76,8 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Settings come from the environment and .env (see .env.example). Exit status: 0 every cycle "
         "succeeded, 1 some cycle failed or was partial, 2 bad input, 3 database unavailable.",
     )
-    mode = p.add_argument_group("what to run").add_mutually_exclusive_group(required=True)
+    mode = p.add_argument_group("what to run (one of)").add_mutually_exclusive_group(required=True)
     mode.add_argument("--continuous-poll", action="store_true", help="poll every --poll-interval minutes, around the clock")
+    mode.add_argument(
+        "--market-hours-poll",
+        action="store_true",
+        help="poll every --poll-interval minutes inside --sessions of --exchange only; sleep until the next open",
+    )
+    mode.add_argument(
+        "--adaptive-poll", action="store_true", help="poll at an interval that follows new data, the session and throttling"
+    )
+    mode.add_argument("--market-status", action="store_true", help="print the session of --exchange at --at as JSON")
+    mode.add_argument("--schedule-market-job", metavar="NAME", help="create or replace a named job in the regular session")
+    mode.add_argument("--schedule-pre-market-job", metavar="NAME", help="... in the pre-market session")
+    mode.add_argument("--schedule-after-hours-job", metavar="NAME", help="... in the after-hours session")
+    mode.add_argument(
+        "--show-scheduled-jobs",
+        action="store_true",
+        help="list named jobs: session, exchange, symbols, interval, next run, last run status",
+    )
+    mode.add_argument("--remove-job", metavar="NAME", help="delete a named job")
+    mode.add_argument(
+        "--run-scheduled-jobs",
+        action="store_true",
+        help="run the named jobs in the foreground until SIGINT/SIGTERM (picks up changes within seconds)",
+    )
 
     src = p.add_argument_group("what to fetch")
     src.add_argument(
@@ -124,6 +169,41 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N cycles (default: run until SIGINT/SIGTERM)",
     )
     poll.add_argument(
+        "--exchange",
+        type=_exchange,
+        default="XNYS",
+        help="market calendar: XNYS, XNAS, XWAR, XNSE, 24/7 (crypto) or another pandas_market_calendars code (default: XNYS)",
+    )
+    poll.add_argument(
+        "--sessions",
+        nargs="+",
+        choices=("pre", "regular", "post"),
+        default=None,
+        metavar="SESSION",
+        help="sessions to poll in: pre regular post (default: regular; adaptive: all three)",
+    )
+    poll.add_argument(
+        "--min-poll-interval",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="adaptive: shortest interval (default: a quarter of --poll-interval)",
+    )
+    poll.add_argument(
+        "--max-poll-interval",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="adaptive: longest interval (default: 8 x --poll-interval)",
+    )
+    poll.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="at most N symbols written per load transaction (default: 10)",
+    )
+    poll.add_argument(
         "--max-retries",
         type=int,
         default=3,
@@ -140,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poll.add_argument("--job-name", default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)")
 
+    jobs = p.add_argument_group("named jobs and market status")
+    jobs.add_argument("--job-symbols", nargs="+", type=_symbol, default=None, metavar="SYMBOL", help="the job's tickers")
+    jobs.add_argument(
+        "--job-interval",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="minutes between the job's runs, counted from the session open",
+    )
+    jobs.add_argument(
+        "--at",
+        type=_instant,
+        default=None,
+        metavar="ISO8601",
+        help="--market-status at this instant, with a zone: 2024-03-11T13:00:00Z (default: now)",
+    )
+
     misc = p.add_argument_group("misc")
     misc.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: sqlite:///marketpoll.db)")
     misc.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
@@ -149,8 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.continuous_poll and not args.symbols:
+    polling = any(getattr(args, m) for m in POLL_MODES)
+    if polling and not args.symbols:
         parser.error("argument --symbols: at least one symbol is required")
+    scheduling = next((k for k in SCHEDULE_KINDS if getattr(args, f"schedule_{k}_job")), None)
+    if scheduling and not (args.job_symbols or args.symbols):
+        parser.error("argument --job-symbols: at least one symbol is required")
+    if scheduling and args.job_interval is None:
+        parser.error("argument --job-interval: required to schedule a job")
+    if args.sessions is None:
+        args.sessions = ["pre", "regular", "post"] if args.adaptive_poll else ["regular"]
+    args.schedule_kind = scheduling
     if args.max_retries < 0:
         parser.error(f"argument --max-retries: must be >= 0: {args.max_retries}")
     return args

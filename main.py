@@ -1,11 +1,13 @@
 """marketpoll's entry point: parse, configure, wire, run, map errors to exit codes.
 
 python main.py --continuous-poll --symbols IBM MSFT --poll-interval 0.1 --poll-max-iterations 3
+python main.py --market-status --exchange XNYS --at 2024-03-11T13:00:00Z
+python main.py --schedule-market-job daily --job-symbols AAPL MSFT --job-interval 5
+python main.py --run-scheduled-jobs
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,13 +16,11 @@ import threading
 from dotenv import find_dotenv, load_dotenv
 
 import cli
-from db import RunLedger, describe_url, make_engine, upgrade
-from errors import ConfigError, LoadError
-from etl.load import make_loader
-from etl.pipeline import EtlPipeline
-from etl.providers import get_provider_class
+from app import App
+from db import describe_url
+from errors import ConfigError, LoadError, SchedulingError
 from etl.redact import RedactingFormatter, Redactor
-from scheduler import PollingConfig, PollingManager, install_signal_handlers
+from scheduler import install_signal_handlers
 from settings import Settings
 
 log = logging.getLogger("marketpoll")
@@ -33,8 +33,22 @@ def configure_logging(level: str, redactor: Redactor) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("alembic", "urllib3"):
+    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def dispatch(app: App, args) -> int:
+    if any(getattr(args, m) for m in cli.POLL_MODES):
+        return app.poll(args)
+    if args.market_status:
+        return app.market_status(args)
+    if args.schedule_kind:
+        return app.schedule(args, args.schedule_kind)
+    if args.show_scheduled_jobs:
+        return app.show_jobs()
+    if args.remove_job:
+        return app.remove_job(args.remove_job)
+    return app.run_jobs()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,55 +64,26 @@ def main(argv: list[str] | None = None) -> int:
             alpha_vantage_month=args.month,
             alpha_vantage_extended_hours=False if args.no_extended_hours else None,
         )
-        config = PollingConfig(
-            interval_minutes=args.poll_interval,
-            max_iterations=args.poll_max_iterations,
-            symbols=tuple(dict.fromkeys(args.symbols)),
-            interval=args.interval,
-            retry_on_failure=not args.no_retry,
-            max_retries=args.max_retries,
-            job_name=args.job_name,
-        )
-        provider_cls = get_provider_class(args.provider)
-        if args.interval not in provider_cls.intervals:
-            raise ConfigError(f"provider {args.provider} has no interval {args.interval}", name="interval")
     except ConfigError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return cli.EXIT_USAGE
-
     redactor = Redactor([settings.alpha_vantage_api_key])
     configure_logging(settings.log_level, redactor)
     stop = threading.Event()
     install_signal_handlers(stop)
-
-    engine = make_engine(settings.database_url)
+    app = None
     try:
-        upgrade(engine)
+        app = App(settings, redactor, stop, workers=args.workers)
+        return dispatch(app, args)
+    except (ConfigError, SchedulingError) as exc:
+        print(f"main.py: error: {redactor(str(exc))}", file=sys.stderr)
+        return cli.EXIT_USAGE
     except LoadError as exc:
         log.error("database %s unavailable: %s", describe_url(settings.database_url), redactor(str(exc)))
         return cli.EXIT_UNAVAILABLE
-
-    try:
-        provider = provider_cls.from_settings(settings)
-    except ConfigError as exc:
-        print(f"main.py: error: {exc}", file=sys.stderr)
-        return cli.EXIT_USAGE
-    for secret in provider.secrets():
-        redactor.add(secret)
-
-    log.info("polling %s from %s into %s", " ".join(config.symbols), provider.name, describe_url(settings.database_url))
-    with provider:
-        pipeline = EtlPipeline(
-            provider, make_loader(engine), RunLedger(engine, redactor), redact=redactor, stop=stop, workers=args.workers
-        )
-        results = PollingManager(pipeline, stop=stop).continuous_polling(config)
-    engine.dispose()
-
-    print(json.dumps(results, indent=2))
-    for f in results["failures"]:
-        where = f"symbol {f['symbol']}" if f["symbol"] else "cycle"
-        print(f"main.py: cycle {f['cycle']}: {where} failed: {f['error']}", file=sys.stderr)
-    return cli.EXIT_CYCLE_FAILED if results["failures"] else cli.EXIT_OK
+    finally:
+        if app is not None:
+            app.close()
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class Settings:
     retry_initial_delay_seconds: float = 1.0
     retry_max_delay_seconds: float = 60.0
     log_level: str = "INFO"
+    market_calendar_file: str | None = None
 
     _CONVERTERS = {
         "alpha_vantage_outputsize": _choice("compact", "full"),

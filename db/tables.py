@@ -4,6 +4,7 @@
   ``timestamptz`` in UTC; prices and volume ``numeric`` (the provider's decimal text,
   kept exactly on PostgreSQL); ``ingested_at`` is when this version of the row was written.
 - ``etl_runs``: the ledger, one row per cycle.
+- ``scheduled_jobs``: named jobs, one row each (not pickles: readable, editable, portable).
 - ``latest_bars`` (view): the newest bar per (provider, symbol, interval).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "bars", "etl_runs", "latest_bars", "BAR_KEY", "BAR_VALUES"]
+__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "latest_bars", "BAR_KEY", "BAR_VALUES"]
 
 metadata = sa.MetaData()
 
@@ -52,6 +53,21 @@ etl_runs = sa.Table(
     sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error_summary", sa.Text),
     sa.Column("pid", sa.Integer),
+)
+
+scheduled_jobs = sa.Table(
+    "scheduled_jobs",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("session", sa.Text, nullable=False),
+    sa.Column("exchange", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("symbols", sa.Text, nullable=False),
+    sa.Column("interval_minutes", sa.Float, nullable=False),
+    sa.Column("bar_interval", sa.Text, nullable=False),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 latest_bars = sa.Table(

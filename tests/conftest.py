@@ -67,10 +67,11 @@ def pg_url():
 def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("TRUNCATE bars, etl_runs RESTART IDENTITY")
+            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs RESTART IDENTITY")
         else:
             conn.exec_driver_sql("DELETE FROM bars")
             conn.exec_driver_sql("DELETE FROM etl_runs")
+            conn.exec_driver_sql("DELETE FROM scheduled_jobs")
 
 
 @pytest.fixture

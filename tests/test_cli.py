@@ -143,3 +143,43 @@ def test_alphavantage_through_base_url_never_shows_the_key(tmp_path, replay, sql
         dump = " ".join(str(v) for row in c.exec_driver_sql("SELECT * FROM etl_runs").all() for v in row)
         assert c.exec_driver_sql("SELECT count(*) FROM bars WHERE symbol = 'MSFT'").scalar() == 100
     assert "BADONE" in dump and KEY not in dump
+
+
+def test_market_status_json(tmp_path):
+    r = run(["--market-status", "--exchange", "XNYS", "--at", "2024-03-11T13:00:00Z"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    status = json.loads(r.stdout)
+    assert status["session"] == "pre" and status["is_pre_market"] and not status["is_market_open"]
+    assert status["next_market_open"] == "2024-03-11T09:30:00-04:00"
+    assert not (tmp_path / "marketpoll.db").exists()  # no database needed
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--market-status", "--exchange", "XNOPE"], "XNOPE"),
+        (["--market-status", "--at", "2024-03-11T13:00:00"], "time zone"),
+        (["--market-hours-poll", "--symbols", "IBM", "--exchange", "XNOPE"], "XNOPE"),
+        (["--market-hours-poll", "--symbols", "IBM", "--sessions", "lunch"], "lunch"),
+        (["--schedule-market-job", "daily", "--job-symbols", "AAPL"], "--job-interval"),
+        (["--schedule-market-job", "daily", "--job-interval", "5"], "--job-symbols"),
+        (["--remove-job", "nosuch"], "nosuch"),
+    ],
+)
+def test_bad_session_and_job_input_exits_2(tmp_path, args, needle):
+    r = run(args, cwd=tmp_path)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_market_hours_poll_on_24_7_and_job_commands(tmp_path):
+    r = run(["--market-hours-poll", "--exchange", "24/7", "--symbols", "ETH-USD", "--interval", "1min",
+             "--poll-interval", "0.005", "--poll-max-iterations", "2"], cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["strategy"] == "market_hours"
+    first = run(["--schedule-after-hours-job", "late", "--job-symbols", "AAPL", "--job-interval", "15"], cwd=tmp_path)
+    again = run(["--schedule-after-hours-job", "late", "--job-symbols", "MSFT", "--job-interval", "30"], cwd=tmp_path)
+    assert "scheduled new job 'late'" in first.stdout and "replaced existing job 'late'" in again.stdout
+    (job,) = json.loads(run(["--show-scheduled-jobs"], cwd=tmp_path).stdout)
+    assert (job["session"], job["symbols"], job["interval_minutes"]) == ("post", ["MSFT"], 30.0)
+    assert run(["--remove-job", "late"], cwd=tmp_path).returncode == 0
+    assert json.loads(run(["--show-scheduled-jobs"], cwd=tmp_path).stdout) == []

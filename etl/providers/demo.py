@@ -8,11 +8,12 @@ then talks to it through the real :class:`AlphaVantageProvider` path (HTTP, pars
 transform, load). No API key, no internet.
 
 Simulated market: bars exist on weekdays from 04:00 to 20:00 New York time
-(pre-market, regular and after-hours; holidays are not simulated), only once
-complete (start + interval <= now). Values are a deterministic function of
-(symbol, bar start): fetching again returns the same numbers. Any symbol that
-matches ``[A-Z][A-Z0-9.]{0,9}`` exists, except those starting with ``INVALID``,
-which get Alpha Vantage's ``"Error Message"`` reply (to see partial failure).
+(pre-market, regular and after-hours; holidays are not simulated), and around the
+clock for crypto-style pairs (a symbol with a ``-``, e.g. ``BTC-USD``); only complete
+bars (start + interval <= now) are served. Values are a deterministic function of
+(symbol, bar start): fetching again returns the same numbers. Any symbol matching
+``[A-Z][A-Z0-9.-]{0,14}`` exists, except those starting with ``INVALID``, which get
+Alpha Vantage's ``"Error Message"`` reply (to see partial failure).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import random
 import re
 import zlib
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from clock import Clock, SystemClock
@@ -39,7 +40,7 @@ __all__ = ["DemoMarket", "DemoProvider", "DEMO_API_KEY"]
 
 DEMO_API_KEY = "demo"
 _NY = zone("US/Eastern")
-_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9.\-]{0,14}$")
 _SESSION_START, _SESSION_END = time(4, 0), time(20, 0)
 _SIZES = {"compact": 100, "full": 1000}
 
@@ -65,13 +66,18 @@ class DemoMarket:
         vol = int(500 + rng.random() * 50000 * math.sqrt(seconds / 60))
         return f"{o:.4f}", f"{h:.4f}", f"{lo:.4f}", f"{c:.4f}", str(vol)
 
-    def intraday_starts(self, interval: str, count: int) -> list[datetime]:
+    def intraday_starts(self, interval: str, count: int, *, around_the_clock: bool = False) -> list[datetime]:
         """Start times (New York, aware) of the newest ``count`` complete bars, newest first.
 
         Bars tile each weekday's 04:00-20:00 session from 04:00 (a wall-clock grid, so
-        it holds on DST days: the switch happens at 02:00, outside the session).
+        it holds on DST days: the switch happens at 02:00, outside the session), or, with
+        ``around_the_clock``, every interval of every day on the UTC grid.
         """
         step = timedelta(seconds=interval_seconds(interval))
+        if around_the_clock:
+            now_utc = self.clock.now().astimezone(UTC)
+            newest = datetime.fromtimestamp(now_utc.timestamp() // step.total_seconds() * step.total_seconds(), UTC) - step
+            return [(newest - k * step).astimezone(_NY) for k in range(count)]
         now = self.clock.now().astimezone(_NY)
         day = now.date()
         out: list[datetime] = []
@@ -127,14 +133,19 @@ class DemoMarket:
             if canon is None:
                 return _invalid_call(function)
             secs = interval_seconds(canon)
-            rows = [(s.strftime("%Y-%m-%d %H:%M:%S"), self._values(symbol, s, secs)) for s in self.intraday_starts(canon, size)]
+            crypto = "-" in symbol
+            # crypto pairs trade through the autumn fall-back hour, whose local wall times repeat:
+            # like Alpha Vantage's crypto series, their JSON is labelled in UTC
+            zone_out = UTC if crypto and not csv_out else _NY
+            starts = self.intraday_starts(canon, size, around_the_clock=crypto)
+            rows = [(s.astimezone(zone_out).strftime("%Y-%m-%d %H:%M:%S"), self._values(symbol, s, secs)) for s in starts]
             meta = {
                 "1. Information": f"Intraday ({interval}) open, high, low, close prices and volume",
                 "2. Symbol": symbol,
                 "3. Last Refreshed": rows[0][0],
                 "4. Interval": interval,
                 "5. Output Size": "Compact" if size == 100 else "Full size",
-                "6. Time Zone": "US/Eastern",
+                "6. Time Zone": "UTC" if zone_out is UTC else "US/Eastern",
             }
             key = f"Time Series ({interval})"
         if csv_out:

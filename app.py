@@ -1,0 +1,156 @@
+"""The commands behind main.py's flags, over lazily wired parts (engine, providers, pipelines).
+
+Each command returns an exit status; errors are left to main.py to map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+import cli
+from clock import Clock, SystemClock
+from db import RunLedger, describe_url, make_engine, upgrade
+from db.jobs import JobStore
+from errors import ConfigError
+from etl.load import make_loader
+from etl.pipeline import EtlPipeline
+from etl.providers import Provider, get_provider_class
+from etl.redact import Redactor
+from scheduler.calendar import CalendarOverrides, Calendars
+from scheduler.jobs import JOB_SESSIONS, MarketScheduler
+from scheduler.polling import PollingConfig, PollingManager
+from settings import Settings
+
+__all__ = ["App"]
+
+log = logging.getLogger("marketpoll")
+
+
+@dataclass
+class App:
+    """Wiring shared by the commands. Build with validated settings; ``close`` releases everything."""
+
+    settings: Settings
+    redactor: Redactor
+    stop: threading.Event
+    workers: int = 4
+    clock: Clock = field(default_factory=SystemClock)
+    _engine: sa.Engine | None = None
+    _providers: dict[str, Provider] = field(default_factory=dict)
+    _pipelines: dict[str, EtlPipeline] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.calendars = Calendars(CalendarOverrides.load(self.settings.market_calendar_file))
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The database, migrated to the newest schema on first use (raises LoadError if unreachable)."""
+        if self._engine is None:
+            engine = make_engine(self.settings.database_url)
+            upgrade(engine)
+            self._engine = engine
+        return self._engine
+
+    def provider(self, name: str) -> Provider:
+        with self._lock:
+            if name not in self._providers:
+                provider = get_provider_class(name).from_settings(self.settings)
+                for secret in provider.secrets():
+                    self.redactor.add(secret)
+                self._providers[name] = provider
+            return self._providers[name]
+
+    def pipeline(self, provider_name: str) -> EtlPipeline:
+        provider = self.provider(provider_name)
+        with self._lock:
+            if provider_name not in self._pipelines:
+                self._pipelines[provider_name] = EtlPipeline(
+                    provider, make_loader(self.engine), RunLedger(self.engine, self.redactor),
+                    clock=self.clock, redact=self.redactor, stop=self.stop, workers=self.workers,
+                )  # fmt: skip
+            return self._pipelines[provider_name]
+
+    def scheduler(self) -> MarketScheduler:
+        return MarketScheduler(JobStore(self.engine), self.pipeline, calendars=self.calendars, clock=self.clock)
+
+    def close(self) -> None:
+        for p in self._providers.values():
+            p.close()
+        if self._engine is not None:
+            self._engine.dispose()
+
+    # -- commands ------------------------------------------------------------------------
+
+    def poll(self, args) -> int:
+        strategy = "continuous" if args.continuous_poll else "market_hours" if args.market_hours_poll else "adaptive"
+        config = PollingConfig(
+            interval_minutes=args.poll_interval,
+            max_iterations=args.poll_max_iterations,
+            symbols=tuple(dict.fromkeys(args.symbols)),
+            interval=args.interval,
+            batch_size=args.batch_size,
+            retry_on_failure=not args.no_retry,
+            max_retries=args.max_retries,
+            exchange=args.exchange,
+            sessions=tuple(args.sessions),
+            min_interval_minutes=args.min_poll_interval,
+            max_interval_minutes=args.max_poll_interval,
+            job_name=args.job_name,
+        )
+        if strategy != "continuous":
+            self.calendars.get(config.exchange)  # an unknown exchange is bad input: fail before any work
+        self.check_interval(args.provider, args.interval)
+        pipeline = self.pipeline(args.provider)
+        log.info("%s polling %s from %s into %s", strategy, " ".join(config.symbols), args.provider,
+                 describe_url(self.settings.database_url))  # fmt: skip
+        manager = PollingManager(pipeline, calendars=self.calendars, clock=self.clock, stop=self.stop)
+        results = getattr(manager, f"{strategy}_polling")(config)
+        print(json.dumps(results, indent=2))
+        for f in results["failures"]:
+            where = f"symbol {f['symbol']}" if f["symbol"] else "cycle"
+            print(f"main.py: cycle {f['cycle']}: {where} failed: {f['error']}", file=sys.stderr)
+        return cli.EXIT_CYCLE_FAILED if results["failures"] else cli.EXIT_OK
+
+    def check_interval(self, provider: str, interval: str) -> None:
+        if interval not in get_provider_class(provider).intervals:
+            raise ConfigError(f"provider {provider} has no interval {interval}", name="interval", value=interval)
+
+    def market_status(self, args) -> int:
+        at = args.at or self.clock.now()
+        print(json.dumps(self.calendars.get(args.exchange).status(at).as_dict(), indent=2))
+        return cli.EXIT_OK
+
+    def schedule(self, args, kind: str) -> int:
+        name = getattr(args, f"schedule_{kind}_job")
+        symbols = args.job_symbols or args.symbols
+        self.check_interval(args.provider, args.interval)
+        get_provider_class(args.provider)  # an unknown provider is bad input
+        replaced = self.scheduler().schedule_job(
+            name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
+            exchange=args.exchange, provider=args.provider, bar_interval=args.interval,
+        )  # fmt: skip
+        verb = "replaced existing job" if replaced else "scheduled new job"
+        print(f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min")
+        return cli.EXIT_OK
+
+    def show_jobs(self) -> int:
+        print(json.dumps(self.scheduler().get_scheduled_jobs(), indent=2))
+        return cli.EXIT_OK
+
+    def remove_job(self, name: str) -> int:
+        if self.scheduler().remove_job(name):
+            print(f"removed job {name!r}")
+            return cli.EXIT_OK
+        print(f"main.py: error: no job named {name!r}", file=sys.stderr)
+        return cli.EXIT_USAGE
+
+    def run_jobs(self) -> int:
+        self.scheduler().run(self.stop)
+        return cli.EXIT_OK

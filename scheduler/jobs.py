@@ -1,0 +1,230 @@
+"""Named jobs keyed to market sessions, run by APScheduler 3 (the seed's MarketScheduler).
+
+Jobs live as plain rows in ``scheduled_jobs`` (see :mod:`db.jobs`): the CLI writes them,
+and a running :meth:`MarketScheduler.run` re-reads the table every ``sync_seconds``, so a
+job scheduled, replaced or removed from another process takes effect within seconds and
+every job survives restarts. APScheduler keeps only an in-memory copy.
+
+Each job fires at ``open + k * interval`` (k = 0, 1, ...) while the instant is inside its
+session, the session's close included (that fire collects the last bar): never on a
+holiday, never after an early close, right across DST because the instants come from the
+calendar in UTC (:class:`SessionTrigger`), not from wall-clock cron fields (APScheduler's
+CronTrigger has known DST bugs: agronholm/apscheduler#606, #1021).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+
+from clock import Clock, SystemClock
+from db.jobs import JobDefinition, JobStore
+from errors import ConfigError, MarketpollError
+from etl.pipeline import EtlPipeline
+from models.bar import INTERVALS, normalize_symbol
+from scheduler.calendar import Calendars, MarketCalendar, Session
+
+__all__ = ["SessionTrigger", "MarketScheduler", "JOB_SESSIONS"]
+
+log = logging.getLogger(__name__)
+
+#: CLI flag -> session of the named job.
+JOB_SESSIONS = {"market": Session.REGULAR, "pre_market": Session.PRE, "after_hours": Session.POST}
+
+
+class SessionTrigger(BaseTrigger):
+    """Fires every ``interval`` from each ``session`` window's start, through its end (inclusive).
+
+    ``get_next_fire_time`` is pure: a function of its arguments and the calendar.
+    """
+
+    def __init__(self, calendar: MarketCalendar, session: Session, interval: timedelta) -> None:
+        if interval <= timedelta(0):
+            raise ConfigError("job interval must be > 0", name="interval", value=interval)
+        self.calendar = calendar
+        self.session = session
+        self.interval = interval
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        # like CronTrigger: continue after the previous fire (so misfires can be counted)
+        t = previous_fire_time + timedelta(microseconds=1) if previous_fire_time else now
+        t = t.astimezone(UTC)
+        probe = t - timedelta(microseconds=1)  # a window that closed exactly at t still offers its end
+        for _, start, end in self.calendar.windows_from(probe, frozenset({self.session})):
+            if end < t:
+                continue
+            k = max(0, math.ceil((t - start) / self.interval))
+            fire = start + k * self.interval
+            if fire <= end:
+                return fire
+        return None  # no such session within the calendar's horizon
+
+    def __str__(self) -> str:
+        return f"session[{self.calendar.code} {self.session.value} every {self.interval}]"
+
+    def __repr__(self) -> str:
+        return f"<SessionTrigger {self}>"
+
+
+class MarketScheduler:
+    """Named, session-keyed ETL jobs on an APScheduler ``BackgroundScheduler``.
+
+    ``pipeline_for(provider_name)`` returns the :class:`EtlPipeline` a job's cycles run on.
+    Job options, chosen on purpose:
+
+    - ``misfire_grace_time`` = half the job interval (at least 5 s): a fire delayed by load
+      still runs, but one later than that is dropped, because the next fire is nearer than it
+      was late (APScheduler's 1 s default drops fires under ordinary load).
+    - ``coalesce=True``: after a stall (suspended VM, long GC, clock jump) a job runs once,
+      not once per missed fire: the provider returns the latest bars anyway.
+    - ``max_instances=1``: a job's cycles never overlap; an overrunning cycle makes the next
+      fire wait (and it is logged as missed) instead of doubling requests against the rate budget.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline_for: Callable[[str], EtlPipeline],
+        *,
+        calendars: Calendars | None = None,
+        clock: Clock | None = None,
+        max_concurrent_jobs: int = 4,
+    ) -> None:
+        self.store = store
+        self.pipeline_for = pipeline_for
+        self.calendars = calendars or Calendars()
+        self.clock = clock or SystemClock()
+        self.max_concurrent_jobs = max_concurrent_jobs
+        self._loaded: dict[str, JobDefinition] = {}
+        self._scheduler: BackgroundScheduler | None = None
+
+    # -- the seed's scheduling API (writes rows) -----------------------------------------
+
+    def schedule_job(self, name: str, session: Session, symbols, interval_minutes: float, *,
+                     exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min") -> bool:  # fmt: skip
+        """Create or replace a named job; returns True if a job of that name was replaced.
+
+        Raises :class:`~errors.ConfigError` for a bad name, symbol, interval, session or exchange.
+        """
+        name = name.strip()
+        if not name or len(name) > 100 or any(c.isspace() for c in name):
+            raise ConfigError(f"bad job name {name!r} (1-100 characters, no spaces)", name="name", value=name)
+        if not interval_minutes > 0:
+            raise ConfigError(f"job interval must be > 0 minutes, got {interval_minutes}", name="interval")
+        if bar_interval not in INTERVALS:
+            raise ConfigError(f"unknown bar interval {bar_interval!r}", name="bar_interval", value=bar_interval)
+        try:
+            syms = tuple(dict.fromkeys(normalize_symbol(s) for s in symbols))
+        except ValueError as exc:
+            raise ConfigError(str(exc), name="symbols") from None
+        if not syms:
+            raise ConfigError("a job needs at least one symbol", name="symbols")
+        cal = self.calendars.get(exchange)  # validates the exchange code
+        self.calendars.get(cal.code).next_window(self.clock.now(), frozenset({Session(session)}))  # the session exists
+        job = JobDefinition(name, Session(session).value, cal.code, provider, syms, float(interval_minutes), bar_interval)
+        return self.store.put(job, self.clock.now())
+
+    def schedule_market_hours_job(self, job_name: str, symbols, interval_minutes: float, **kw) -> bool:
+        return self.schedule_job(job_name, Session.REGULAR, symbols, interval_minutes, **kw)
+
+    def schedule_pre_market_job(self, job_name: str, symbols, interval_minutes: float, **kw) -> bool:
+        return self.schedule_job(job_name, Session.PRE, symbols, interval_minutes, **kw)
+
+    def schedule_after_hours_job(self, job_name: str, symbols, interval_minutes: float, **kw) -> bool:
+        return self.schedule_job(job_name, Session.POST, symbols, interval_minutes, **kw)
+
+    def remove_job(self, name: str) -> bool:
+        return self.store.remove(name)
+
+    def trigger_for(self, job: JobDefinition) -> SessionTrigger:
+        return SessionTrigger(self.calendars.get(job.exchange), Session(job.session), timedelta(minutes=job.interval_minutes))
+
+    def get_scheduled_jobs(self) -> list[dict]:
+        """Every job with its next run (UTC and exchange time) and its last run from ``etl_runs``."""
+        now = self.clock.now()
+        last = self.store.last_runs()
+        out = []
+        for job in self.store.all():
+            cal = self.calendars.get(job.exchange)
+            nxt = None if job.paused else self.trigger_for(job).get_next_fire_time(None, now)
+            run = last.get(job.name)
+            out.append({
+                "name": job.name, "session": job.session, "exchange": job.exchange, "provider": job.provider,
+                "symbols": list(job.symbols), "interval_minutes": job.interval_minutes, "bar_interval": job.bar_interval,
+                "paused": job.paused,
+                "next_run_utc": nxt.isoformat() if nxt else None,
+                "next_run_exchange": nxt.astimezone(cal.tz).isoformat() if nxt else None,
+                "last_run_status": run.status if run else None,
+                "last_run_started_at": run.started_at.isoformat() if run else None,
+            })  # fmt: skip
+        return out
+
+    # -- running -------------------------------------------------------------------------
+
+    def run_job(self, name: str) -> None:
+        """One ETL cycle of job ``name`` (its etl_runs row carries the job's name)."""
+        job = self._loaded.get(name)
+        if job is None:
+            return
+        try:
+            self.pipeline_for(job.provider).run_cycle(job.symbols, job.bar_interval, job_name=job.name)
+        except MarketpollError as exc:  # a bad provider setting: report, keep the scheduler alive
+            log.error("job %s could not run: %s", job.name, exc)
+
+    def sync(self) -> None:
+        """Make the APScheduler jobs match the table (adds, replacements, removals, pauses)."""
+        assert self._scheduler is not None
+        try:
+            wanted = {j.name: j for j in self.store.all()}
+        except MarketpollError as exc:
+            log.warning("could not read scheduled jobs (keeping the current set): %s", exc)
+            return
+        for name in set(self._loaded) - set(wanted):
+            self._scheduler.remove_job(name)
+            del self._loaded[name]
+            log.info("job %s removed", name)
+        for name, job in wanted.items():
+            if self._loaded.get(name) == job:
+                continue
+            if name in self._loaded:
+                self._scheduler.remove_job(name)
+            self._loaded[name] = job
+            if job.paused:
+                log.info("job %s is paused", name)
+                continue
+            grace = max(5, int(job.interval_minutes * 30))  # half the interval, in seconds
+            aps_job = self._scheduler.add_job(
+                self.run_job, self.trigger_for(job), args=[name], id=name, name=name,
+                misfire_grace_time=grace, coalesce=True, max_instances=1, replace_existing=True,
+            )  # fmt: skip
+            log.info("job %s: %s %s %s every %g min, next run %s", name, job.exchange, job.session,
+                     " ".join(job.symbols), job.interval_minutes, aps_job.next_run_time)  # fmt: skip
+
+    def run(self, stop: threading.Event, *, sync_seconds: float = 2.0, on_tick: Callable[[], None] | None = None) -> None:
+        """Run jobs until ``stop`` is set; then start no new cycle and wait for running ones."""
+        self._scheduler = BackgroundScheduler(timezone=UTC, executors={"default": ThreadPoolExecutor(self.max_concurrent_jobs)})
+        self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
+        self._scheduler.start()
+        log.info("scheduler running; re-reading scheduled_jobs every %gs", sync_seconds)
+        try:
+            while not stop.is_set():
+                self.sync()
+                if on_tick is not None:
+                    on_tick()
+                stop.wait(sync_seconds)
+        finally:
+            self._scheduler.shutdown(wait=True)  # running cycles finish and record themselves
+            log.info("scheduler stopped")
+
+    @staticmethod
+    def _missed(event: JobExecutionEvent) -> None:
+        log.warning("job %s missed its run at %s (the previous cycle overran or the process stalled)",
+                    event.job_id, event.scheduled_run_time)  # fmt: skip
