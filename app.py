@@ -17,10 +17,12 @@ import cli
 from clock import Clock, SystemClock
 from db import RunLedger, describe_url, make_engine, upgrade
 from db.jobs import JobStore
+from db.quota import QuotaStore
 from errors import ConfigError
 from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers import Provider, get_provider_class
+from etl.ratelimit import budget_for, parse_rates
 from etl.redact import Redactor
 from scheduler.calendar import CalendarOverrides, Calendars
 from scheduler.jobs import JOB_SESSIONS, MarketScheduler
@@ -40,6 +42,7 @@ class App:
     redactor: Redactor
     stop: threading.Event
     workers: int = 4
+    rate_limit: list[str] | None = None  # --rate-limit: overrides the provider's configured budget
     clock: Clock = field(default_factory=SystemClock)
     _engine: sa.Engine | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
@@ -64,6 +67,11 @@ class App:
                 provider = get_provider_class(name).from_settings(self.settings)
                 for secret in provider.secrets():
                     self.redactor.add(secret)
+                rates = parse_rates(self.rate_limit or self.settings.rate_limit_for(name))
+                if rates:
+                    quota = QuotaStore(self.engine) if any(r.unit == "day" for r in rates) else None
+                    provider.budget = budget_for(name, provider.api_key(), rates, quota=quota, clock=self.clock, stop=self.stop)
+                    log.info("%s rate budget: %s", name, " ".join(map(str, rates)))
                 self._providers[name] = provider
             return self._providers[name]
 

@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="adaptive: longest interval (default: 8 x --poll-interval)",
     )
     poll.add_argument(
+        "--rate-limit",
+        nargs="+",
+        default=None,
+        metavar="N/UNIT",
+        help="request budget of the provider's API key, e.g. 75/minute or 1/second 25/day; unit second, "
+        "minute or day (default: ALPHA_VANTAGE_RATE_LIMIT, the free tier 1/second 25/day; demo: none)",
+    )
+    poll.add_argument(
         "--batch-size",
         type=_positive_int,
         default=10,
@@ -257,6 +265,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sessions is None:
         args.sessions = ["pre", "regular", "post"] if args.adaptive_poll else ["regular"]
     args.schedule_kind = scheduling
+    if args.rate_limit:
+        from etl.ratelimit import parse_rates
+
+        try:
+            parse_rates(args.rate_limit)
+        except ValueError as exc:
+            parser.error(f"argument --rate-limit: {exc}")
     if args.max_retries < 0:
         parser.error(f"argument --max-retries: must be >= 0: {args.max_retries}")
     return args

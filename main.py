@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers(stop)
     app = None
     try:
-        app = App(settings, redactor, stop, workers=args.workers)
+        app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit)
         return dispatch(app, args)
     except (ConfigError, SchedulingError) as exc:
         print(f"main.py: error: {redactor(str(exc))}", file=sys.stderr)

@@ -50,6 +50,16 @@ def _positive(kind):
     return conv
 
 
+def _rates(name: str, raw: str) -> str:
+    from etl.ratelimit import parse_rates
+
+    try:
+        parse_rates(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}", name=name, value=raw) from None
+    return raw
+
+
 def _month(name: str, raw: str) -> str:
     from etl.providers.alphavantage import MONTH_RE
 
@@ -71,6 +81,8 @@ class Settings:
     alpha_vantage_extended_hours: bool = True
     alpha_vantage_bar_label: str = "start"
     alpha_vantage_month: str | None = None
+    alpha_vantage_rate_limit: str = "1/second 25/day"
+    demo_rate_limit: str | None = None
     http_connect_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 30.0
     retry_max_attempts: int = 4
@@ -85,6 +97,8 @@ class Settings:
         "alpha_vantage_extended_hours": _bool,
         "alpha_vantage_bar_label": _choice("start", "end"),
         "alpha_vantage_month": _month,
+        "alpha_vantage_rate_limit": _rates,
+        "demo_rate_limit": _rates,
         "http_connect_timeout_seconds": _positive(float),
         "http_read_timeout_seconds": _positive(float),
         "retry_max_attempts": _positive(int),
@@ -110,6 +124,10 @@ class Settings:
             values[f.name] = conv(f.name.upper(), raw.strip()) if conv else raw.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def rate_limit_for(self, provider: str) -> str | None:
+        """The rate-limit spec (``"1/second 25/day"``) of a provider, or None."""
+        return getattr(self, f"{provider}_rate_limit", None)
 
     @property
     def retry_policy(self) -> RetryPolicy:

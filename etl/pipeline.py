@@ -29,9 +29,12 @@ from etl.transform import validate_bars
 from models.bar import Bar
 from models.run import CycleResult, SymbolOutcome
 
-__all__ = ["EtlPipeline"]
+__all__ = ["EtlPipeline", "RETRY_IN_CYCLE_MAX_WAIT_SECONDS"]
 
 log = logging.getLogger(__name__)
+
+#: A transient failure whose retry hint is longer than this (seconds; a daily quota) waits for a later cycle.
+RETRY_IN_CYCLE_MAX_WAIT_SECONDS = 60.0
 
 
 class EtlPipeline:
@@ -84,11 +87,15 @@ class EtlPipeline:
             cycle.settle(self.clock.now())
             log.error("cycle %s: database unavailable, nothing fetched: %s", job_name, cycle.error)
             return cycle
+        paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
+        if paused_until is not None:  # no request at all until the quota resets (logged once, by the budget)
+            cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
+            symbols = []
         done: dict[str, SymbolOutcome] = {}
         todo = list(symbols)
         for attempt in range(1 + retry_passes):
             if attempt:
-                todo = [s for s in todo if s in done and done[s].transient and not done[s].ok]
+                todo = [s for s in todo if s in done and done[s].retry_in_cycle and not done[s].ok]
                 if not todo or self.stop.is_set():
                     break
                 log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
@@ -141,6 +148,8 @@ class EtlPipeline:
             fetched = self.provider.fetch_bars(symbol, interval)
         except MarketpollError as exc:
             out.error, out.transient = self.redact(str(exc)), exc.transient
+            wait = getattr(exc, "retry_after_seconds", None)
+            out.retry_in_cycle = exc.transient and (wait is None or wait <= RETRY_IN_CYCLE_MAX_WAIT_SECONDS)
             log.warning("%s: %s", symbol, out.error)
             return out, []
         good, rejected = validate_bars(fetched.bars)
@@ -159,6 +168,7 @@ class EtlPipeline:
         for (out, _), result in zip(ready, self.loader.load_many([bars for _, bars in ready]), strict=True):
             if isinstance(result, LoadError):
                 out.error, out.transient = self.redact(str(result)), result.transient
+                out.retry_in_cycle = result.transient
                 log.warning("%s: %s", out.symbol, out.error)
             else:
                 out.rows_loaded = result

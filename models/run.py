@@ -30,6 +30,7 @@ class SymbolOutcome:
     newest_ts: datetime | None = None  # UTC, newest bar fetched
     error: str | None = None
     transient: bool = False  # the error may go away on a later cycle (throttle, timeout)
+    retry_in_cycle: bool = False  # ... and soon enough to try again within this cycle
 
     @property
     def ok(self) -> bool:

@@ -175,7 +175,12 @@ class MarketScheduler:
         if job is None:
             return
         try:
-            self.pipeline_for(job.provider).run_cycle(job.symbols, job.bar_interval, job_name=job.name)
+            pipeline = self.pipeline_for(job.provider)
+            budget = pipeline.provider.budget
+            if budget is not None and budget.exhausted_until() is not None:
+                log.debug("job %s skipped: %s is paused until its daily quota resets", name, job.provider)
+                return
+            pipeline.run_cycle(job.symbols, job.bar_interval, job_name=job.name)
         except MarketpollError as exc:  # a bad provider setting: report, keep the scheduler alive
             log.error("job %s could not run: %s", job.name, exc)
 

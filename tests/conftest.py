@@ -67,11 +67,12 @@ def pg_url():
 def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs RESTART IDENTITY")
+            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs, api_quota RESTART IDENTITY")
         else:
             conn.exec_driver_sql("DELETE FROM bars")
             conn.exec_driver_sql("DELETE FROM etl_runs")
             conn.exec_driver_sql("DELETE FROM scheduled_jobs")
+            conn.exec_driver_sql("DELETE FROM api_quota")
 
 
 @pytest.fixture

@@ -278,6 +278,9 @@ class AlphaVantageProvider(Provider):
     def secrets(self) -> list[str]:
         return [self.config.api_key]
 
+    def api_key(self) -> str | None:
+        return self.config.api_key
+
     def _client(self) -> HttpClient:
         # requests.Session is not documented as thread-safe: one per worker thread,
         # unless the caller injected one (tests, single-threaded use).
@@ -318,6 +321,8 @@ class AlphaVantageProvider(Provider):
         params = self.params(symbol, interval)
 
         def once() -> FetchResult:
+            if self.budget is not None:
+                self.budget.acquire()  # waits for the per-second/minute budget; QuotaExhausted when the day's is used
             resp = self._client().get(self.config.base_url, params, symbol=symbol)
             return parse_response(
                 resp.body, symbol=symbol, interval=interval, provider=self.name, bar_label=self.config.bar_label, url=resp.url

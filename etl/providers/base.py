@@ -28,6 +28,7 @@ from etl.transform import Rejection
 from models.bar import Bar
 
 if TYPE_CHECKING:
+    from etl.ratelimit import RateBudget
     from settings import Settings
 
 __all__ = ["Provider", "FetchResult"]
@@ -48,6 +49,8 @@ class Provider(ABC):
     name: ClassVar[str]
     #: Canonical intervals this provider can serve.
     intervals: ClassVar[frozenset[str]]
+    #: The request budget of this provider's API key (set by the wiring); every request acquires it.
+    budget: RateBudget | None = None
 
     @classmethod
     @abstractmethod
@@ -61,6 +64,10 @@ class Provider(ABC):
     def secrets(self) -> list[str]:
         """Strings that must never be logged (API keys); the caller registers them with a Redactor."""
         return []
+
+    def api_key(self) -> str | None:
+        """The key the rate budget is kept for (never logged: only its hash is stored)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions, servers and threads the provider owns."""
