@@ -43,6 +43,7 @@ class App:
     stop: threading.Event
     workers: int = 4
     rate_limit: list[str] | None = None  # --rate-limit: overrides the provider's configured budget
+    shutdown_timeout_seconds: float = 30.0  # how long a cycle waits for in-flight fetches after a signal
     clock: Clock = field(default_factory=SystemClock)
     _engine: sa.Engine | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
@@ -82,6 +83,7 @@ class App:
                 self._pipelines[provider_name] = EtlPipeline(
                     provider, make_loader(self.engine), RunLedger(self.engine, self.redactor),
                     clock=self.clock, redact=self.redactor, stop=self.stop, workers=self.workers,
+                    shutdown_timeout_seconds=self.shutdown_timeout_seconds,
                 )  # fmt: skip
             return self._pipelines[provider_name]
 
@@ -124,7 +126,9 @@ class App:
         for f in results["failures"]:
             where = f"symbol {f['symbol']}" if f["symbol"] else "cycle"
             print(f"main.py: cycle {f['cycle']}: {where} failed: {f['error']}", file=sys.stderr)
-        return cli.EXIT_CYCLE_FAILED if results["failures"] else cli.EXIT_OK
+        # a graceful stop is not a failure: what the interrupted cycle left undone, the next run completes
+        failed = [f for f in results["failures"] if f["cycle_status"] != "interrupted"]
+        return cli.EXIT_CYCLE_FAILED if failed else cli.EXIT_OK
 
     def check_interval(self, provider: str, interval: str) -> None:
         if interval not in get_provider_class(provider).intervals:

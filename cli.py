@@ -14,12 +14,13 @@ from etl.providers import provider_names
 from etl.providers.alphavantage import MONTH_RE
 from models.bar import INTERVALS, normalize_symbol
 
-__all__ = ["build_parser", "EXIT_OK", "EXIT_CYCLE_FAILED", "EXIT_USAGE", "EXIT_UNAVAILABLE"]
+__all__ = ["build_parser", "EXIT_OK", "EXIT_CYCLE_FAILED", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INTERNAL"]
 
 EXIT_OK = 0  # every cycle fully succeeded (or a graceful shutdown)
 EXIT_CYCLE_FAILED = 1  # at least one cycle had a failed symbol or failed as a whole
 EXIT_USAGE = 2  # bad command-line input or settings
 EXIT_UNAVAILABLE = 3  # the database could not be reached or migrated at start
+EXIT_INTERNAL = 4  # an unexpected error (a bug): the traceback is logged
 
 #: CLI spellings of intervals: the canonical names plus Alpha Vantage's "daily".
 INTERVAL_ALIASES = {**{k: k for k in INTERVALS}, "daily": "1day"}
@@ -37,6 +38,16 @@ def _minutes(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of minutes: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds: {text!r}")
     return value
 
 
@@ -96,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="marketpoll: market-aware ETL of bars from REST APIs into PostgreSQL (or SQLite).",
         epilog="Settings come from the environment and .env (see .env.example). Exit status: 0 every cycle "
-        "succeeded, 1 some cycle failed or was partial, 2 bad input, 3 database unavailable.",
+        "succeeded, 1 some cycle failed or was partial, 2 bad input, 3 database unavailable, 4 unexpected error.",
     )
     mode = p.add_argument_group("what to run (one of)").add_mutually_exclusive_group(required=True)
     mode.add_argument("--continuous-poll", action="store_true", help="poll every --poll-interval minutes, around the clock")
@@ -246,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     misc = p.add_argument_group("misc")
+    misc.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long in-flight symbol batches may take to finish (default: 30)",
+    )
     misc.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: sqlite:///marketpoll.db)")
     misc.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
     return p

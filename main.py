@@ -21,6 +21,7 @@ from db import describe_url
 from errors import ConfigError, LoadError, SchedulingError
 from etl.redact import RedactingFormatter, Redactor
 from scheduler import install_signal_handlers
+from scheduler.shutdown import exit_now_if_threads_linger, pipeline_deadline_seconds
 from settings import Settings
 
 log = logging.getLogger("marketpoll")
@@ -70,20 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     redactor = Redactor([settings.alpha_vantage_api_key])
     configure_logging(settings.log_level, redactor)
     stop = threading.Event()
-    install_signal_handlers(stop)
+    install_signal_handlers(stop, shutdown_timeout_seconds=args.shutdown_timeout)
     app = None
+    code = cli.EXIT_INTERNAL
     try:
-        app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit)
-        return dispatch(app, args)
+        app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit,
+                  shutdown_timeout_seconds=pipeline_deadline_seconds(args.shutdown_timeout))  # fmt: skip
+        code = dispatch(app, args)
     except (ConfigError, SchedulingError) as exc:
         print(f"main.py: error: {redactor(str(exc))}", file=sys.stderr)
-        return cli.EXIT_USAGE
+        code = cli.EXIT_USAGE
     except LoadError as exc:
         log.error("database %s unavailable: %s", describe_url(settings.database_url), redactor(str(exc)))
-        return cli.EXIT_UNAVAILABLE
+        code = cli.EXIT_UNAVAILABLE
+    except Exception:  # a bug: say so with the (redacted) traceback, never as "bad input"
+        log.exception("unexpected error")
+        code = cli.EXIT_INTERNAL
     finally:
         if app is not None:
             app.close()
+        if stop.is_set():
+            exit_now_if_threads_linger(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime
 
 from clock import Clock, SystemClock
 from db.ledger import RunLedger
+from db.queries import watermarks
 from errors import ConfigError, LoadError, MarketpollError
 from etl.load import BarLoader
 from etl.providers.base import Provider
@@ -43,7 +45,8 @@ class EtlPipeline:
     - ``workers``: fetch threads (>= 1).
     - ``redact`` cleans every error text before it is logged or stored.
     - ``stop`` (an Event, set by a signal): start no new symbol; batches already fetched
-      are still loaded, and the cycle is recorded as ``interrupted``.
+      are still loaded, fetches still running after ``shutdown_timeout_seconds`` are
+      abandoned, and the cycle is recorded as ``interrupted``.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class EtlPipeline:
         redact: Callable[[str], str] = lambda s: s,
         stop: threading.Event | None = None,
         workers: int = 1,
+        shutdown_timeout_seconds: float = 30.0,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}", name="workers", value=workers)
@@ -66,6 +70,7 @@ class EtlPipeline:
         self.redact = redact
         self.stop = stop or threading.Event()
         self.workers = workers
+        self.shutdown_timeout_seconds = shutdown_timeout_seconds
 
     def run_cycle(
         self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0, batch_size: int = 10
@@ -91,6 +96,7 @@ class EtlPipeline:
         if paused_until is not None:  # no request at all until the quota resets (logged once, by the budget)
             cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
             symbols = []
+        since = self._watermarks(symbols, interval) if symbols else {}
         done: dict[str, SymbolOutcome] = {}
         todo = list(symbols)
         for attempt in range(1 + retry_passes):
@@ -99,7 +105,7 @@ class EtlPipeline:
                 if not todo or self.stop.is_set():
                     break
                 log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
-            for outcome in self._process(todo, interval, batch_size):
+            for outcome in self._process(todo, interval, batch_size, since):
                 done[outcome.symbol] = outcome
         cycle.outcomes = [done[s] for s in symbols if s in done]
         cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
@@ -117,35 +123,61 @@ class EtlPipeline:
         )  # fmt: skip
         return cycle
 
-    def _process(self, symbols: Sequence[str], interval: str, batch_size: int) -> Iterator[SymbolOutcome]:
-        """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome."""
+    def _process(
+        self, symbols: Sequence[str], interval: str, batch_size: int, since: dict[str, datetime]
+    ) -> Iterator[SymbolOutcome]:
+        """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome.
+
+        After ``stop`` is set no new fetch starts; fetches still running when the shutdown
+        deadline passes are abandoned (their bars are never loaded) and reported as interrupted.
+        """
         pending = iter(symbols)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="fetch") as pool:
-            in_flight: set[Future] = set()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fetch")
+        in_flight: dict[Future, str] = {}
+        deadline: float | None = None
+        try:
 
             def refill() -> None:
                 while len(in_flight) < self.workers and not self.stop.is_set():
                     symbol = next(pending, None)
                     if symbol is None:
                         return
-                    in_flight.add(pool.submit(self._extract, symbol, interval))
+                    in_flight[pool.submit(self._extract, symbol, interval, since.get(symbol))] = symbol
 
             refill()
             while in_flight:
-                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                in_flight -= finished
+                if self.stop.is_set() and deadline is None:
+                    deadline = time.monotonic() + self.shutdown_timeout_seconds
+                    log.warning(
+                        "shutdown: waiting up to %.0fs for %d fetch(es) in flight", self.shutdown_timeout_seconds, len(in_flight)
+                    )
+                finished, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+                if not finished:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        for fut, symbol in in_flight.items():
+                            fut.cancel()
+                            yield SymbolOutcome(
+                                symbol, error="interrupted by shutdown before its fetch finished (nothing loaded)", transient=True
+                            )
+                        in_flight.clear()
+                    continue
+                for fut in finished:
+                    del in_flight[fut]
                 refill()  # keep fetching while this thread writes
                 arrived = [f.result() for f in finished]
                 loadable = [(o, b) for o, b in arrived if o.ok and b]
                 for i in range(0, len(loadable), batch_size):
                     yield from self._load(loadable[i : i + batch_size])
                 yield from (o for o, b in arrived if not (o.ok and b))
+        finally:
+            # never wait here for a fetch stuck in a slow HTTP read: it is abandoned
+            pool.shutdown(wait=deadline is None, cancel_futures=True)
 
-    def _extract(self, symbol: str, interval: str) -> tuple[SymbolOutcome, list[Bar]]:
+    def _extract(self, symbol: str, interval: str, since: datetime | None) -> tuple[SymbolOutcome, list[Bar]]:
         """Fetch and validate one symbol (runs on a worker thread)."""
         out = SymbolOutcome(symbol)
         try:
-            fetched = self.provider.fetch_bars(symbol, interval)
+            fetched = self.provider.fetch_bars(symbol, interval, since=since)
         except MarketpollError as exc:
             out.error, out.transient = self.redact(str(exc)), exc.transient
             wait = getattr(exc, "retry_after_seconds", None)
@@ -161,6 +193,14 @@ class EtlPipeline:
             r = rejected[0]
             log.warning("%s: rejected %d of %d bars, e.g. %s: %s", symbol, len(rejected), out.rows_fetched, r.key, r.reason)
         return out, good
+
+    def _watermarks(self, symbols: Sequence[str], interval: str) -> dict[str, datetime]:
+        """Each symbol's newest stored bar start (UTC): where an interrupted or late cycle resumes from."""
+        try:
+            return watermarks(self.ledger.engine, self.provider.name, interval, symbols)
+        except LoadError as exc:  # not fatal: the provider then fetches its default window
+            log.warning("could not read watermarks: %s", exc)
+            return {}
 
     def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]]) -> list[SymbolOutcome]:
         if not ready:

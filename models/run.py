@@ -106,6 +106,15 @@ class PollingResults:
     def all_succeeded(self) -> bool:
         return all(c.status is RunStatus.SUCCEEDED for c in self.cycles)
 
+    def failures(self) -> list[dict]:
+        """Every failed symbol (and cycle-wide error) with its cycle number and that cycle's status."""
+        out = []
+        for i, c in enumerate(self.cycles, start=1):
+            out += [{"cycle": i, "cycle_status": c.status.value, "symbol": o.symbol, "error": o.error} for o in c.failed]
+            if c.error:
+                out.append({"cycle": i, "cycle_status": c.status.value, "symbol": None, "error": c.error})
+        return out
+
     def as_dict(self) -> dict:
         """The seed-compatible results dict; times ISO 8601 UTC, duration as H:MM:SS.ffffff."""
         total = len(self.cycles)
@@ -124,8 +133,5 @@ class PollingResults:
             "success_rate": round(100.0 * self.successful_cycles / total, 2) if total else 0.0,
             "intervals_seconds": [round(s, 3) for s in self.intervals_seconds],
             "interrupted": self.interrupted,
-            "failures": [
-                {"cycle": i + 1, "symbol": o.symbol, "error": o.error} for i, c in enumerate(self.cycles) for o in c.failed
-            ]
-            + [{"cycle": i + 1, "symbol": None, "error": c.error} for i, c in enumerate(self.cycles) if c.error],
+            "failures": self.failures(),
         }

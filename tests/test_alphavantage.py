@@ -287,3 +287,18 @@ def test_quota_exhausted_is_not_retried_in_cycle(replay):
         make(srv.url, sleeps=[]).fetch_bars("IBM", "5min")
     assert len(srv.requests) == 1
     assert 0 < info.value.retry_after_seconds <= timedelta(days=1, hours=1).total_seconds()
+
+
+def test_watermark_gap_is_backfilled_with_full_output(replay):
+    compact = real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv")  # 11:40-19:55 EDT
+    full = b"timestamp,open,high,low,close,volume\r\n" + b"".join(
+        f"2026-05-15 {h:02d}:{m:02d}:00,1,2,0.5,1.5,10\r\n".encode() for h in range(19, 3, -1) for m in range(55, -1, -5)
+    )
+    srv = replay(lambda _p, q: ok(full if q["outputsize"] == "full" else compact, "text/csv"))
+    p = make(srv.url)
+    recent = datetime(2026, 5, 15, 23, 50, tzinfo=UTC)  # inside the compact window: one request
+    assert len(p.fetch_bars("IBM", "5min", since=recent).bars) == 100 and len(srv.requests) == 1
+    old = datetime(2026, 5, 15, 12, 0, tzinfo=UTC)  # 08:00 EDT, before the compact window: backfill
+    got = p.fetch_bars("IBM", "5min", since=old).bars
+    assert [q["outputsize"] for _, q in srv.requests[1:]] == ["compact", "full"]
+    assert got[0].ts == datetime(2026, 5, 15, 8, 0, tzinfo=UTC) and len(got) == 192

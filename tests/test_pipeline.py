@@ -126,8 +126,8 @@ def test_stop_event_interrupts_between_symbols(engine):
     stop = threading.Event()
 
     class StopAfterFirst(DemoProvider):
-        def fetch_bars(self, symbol, interval):
-            result = super().fetch_bars(symbol, interval)
+        def fetch_bars(self, symbol, interval, *, since=None):
+            result = super().fetch_bars(symbol, interval, since=since)
             stop.set()  # a signal arrives while the first symbol is in flight
             return result
 

@@ -295,20 +295,21 @@ class AlphaVantageProvider(Provider):
             self._local.client = client
         return client
 
-    def params(self, symbol: str, interval: str) -> dict[str, str]:
+    def params(self, symbol: str, interval: str, *, outputsize: str | None = None) -> dict[str, str]:
         """Query parameters for one request (``apikey`` included: never log these)."""
         if interval not in AV_INTERVALS:
             raise ConfigError(f"{self.name} has no interval {interval!r}", name="interval", value=interval)
         cfg = self.config
+        outputsize = outputsize or cfg.outputsize
         av_interval = AV_INTERVALS[interval]
         if av_interval is None:
-            p = {"function": "TIME_SERIES_DAILY", "symbol": symbol, "outputsize": cfg.outputsize}
+            p = {"function": "TIME_SERIES_DAILY", "symbol": symbol, "outputsize": outputsize}
         else:
             p = {
                 "function": "TIME_SERIES_INTRADAY",
                 "symbol": symbol,
                 "interval": av_interval,
-                "outputsize": cfg.outputsize,
+                "outputsize": outputsize,
                 "extended_hours": "true" if cfg.extended_hours else "false",
             }
             if cfg.month:
@@ -317,8 +318,19 @@ class AlphaVantageProvider(Provider):
         p["apikey"] = cfg.api_key
         return p
 
-    def fetch_bars(self, symbol: str, interval: str) -> FetchResult:
-        params = self.params(symbol, interval)
+    def fetch_bars(self, symbol: str, interval: str, *, since: datetime | None = None) -> FetchResult:
+        """The latest bars (``outputsize`` as configured); with a ``since`` watermark, a compact
+        response that no longer reaches back to it (its oldest bar starts more than one interval
+        after the watermark: an interrupted cycle, a stopped service) is followed by one
+        ``outputsize=full`` request, so the gap is backfilled instead of lost."""
+        result = self._fetch(symbol, interval, self.params(symbol, interval))
+        if since is not None and self.config.outputsize == "compact" and result.bars:
+            if result.bars[0].ts > since + timedelta(seconds=interval_seconds(interval)):
+                log.info("%s: gap since %s; backfilling with outputsize=full", symbol, since.isoformat())
+                result = self._fetch(symbol, interval, self.params(symbol, interval, outputsize="full"))
+        return result
+
+    def _fetch(self, symbol: str, interval: str, params: dict[str, str]) -> FetchResult:
 
         def once() -> FetchResult:
             if self.budget is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, ClassVar
 
 from etl.transform import Rejection
@@ -58,8 +59,13 @@ class Provider(ABC):
         """Build the provider from validated settings (keys, base URL, timeouts, retries)."""
 
     @abstractmethod
-    def fetch_bars(self, symbol: str, interval: str) -> FetchResult:
-        """Fetch the provider's latest bars of ``symbol`` at ``interval`` (see module contract)."""
+    def fetch_bars(self, symbol: str, interval: str, *, since: datetime | None = None) -> FetchResult:
+        """Fetch the provider's latest bars of ``symbol`` at ``interval`` (see module contract).
+
+        ``since`` is the symbol's watermark (newest stored bar start, UTC): the provider must
+        return every bar after it that it can, widening its request when its default window
+        would leave a gap. Bars at or before ``since`` may be returned too (revisions).
+        """
 
     def secrets(self) -> list[str]:
         """Strings that must never be logged (API keys); the caller registers them with a Redactor."""
