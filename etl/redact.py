@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 __all__ = ["MASK", "SECRET_PARAMS", "redact_url", "Redactor", "RedactingFormatter"]
 
@@ -19,13 +18,12 @@ MASK = "***"
 SECRET_PARAMS = frozenset({"apikey", "api_key", "key", "token", "access_token", "secret", "password", "signature"})
 
 
+_URL_SECRET = re.compile(r"(?i)([?&](?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with the values of :data:`SECRET_PARAMS` replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.query:
-        return url
-    query = [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe="*")))
+    """Return ``url`` with the values of :data:`SECRET_PARAMS` in its query replaced by ``***``."""
+    return _URL_SECRET.sub(lambda m: m.group(1) + MASK, url) if "?" in url else url
 
 
 class Redactor:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -17,13 +16,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from errors import TransformError
 from models.bar import Bar
 
-__all__ = ["Rejection", "zone", "local_to_utc", "date_to_utc", "validate_bars", "dedupe_bars"]
+__all__ = ["Rejection", "zone", "local_to_utc", "LocalToUtc", "date_to_utc", "validate_bars", "dedupe_bars"]
 
 log = logging.getLogger(__name__)
 UTC = UTC
-# What PostgreSQL's numeric input accepts and nothing more (float() also takes "1_000",
-# "nan" and non-ASCII digits; one such value would fail a whole COPY).
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +42,28 @@ def zone(name: str) -> tzinfo:
         raise TransformError(f"unknown time zone {name!r}") from exc
 
 
+class LocalToUtc:
+    """:func:`local_to_utc` for many timestamps of one zone, with the UTC offset cached per local hour.
+
+    Exact for zones whose offset changes only on whole hours (every zone a provider names
+    here: US/Eastern, Europe/*, UTC); about 5x faster than converting each timestamp.
+    """
+
+    def __init__(self, tz: tzinfo, shift: timedelta = timedelta(0)) -> None:
+        self.tz = tz
+        self.shift = shift
+        self._offsets: dict[str, timedelta] = {}
+
+    def __call__(self, text: str) -> datetime:
+        key = text[:13]  # 'YYYY-MM-DD HH'
+        delta = self._offsets.get(key)
+        if delta is None:
+            naive = datetime.fromisoformat(text)
+            delta = self._offsets[key] = naive - local_to_utc(text, self.tz).replace(tzinfo=None) - self.shift
+        # parsing with "+00:00" yields an aware UTC datetime; far cheaper than .replace(tzinfo=...)
+        return datetime.fromisoformat(text + "+00:00") - delta
+
+
 def local_to_utc(text: str, tz: tzinfo, shift: timedelta = timedelta(0)) -> datetime:
     """Parse a naive local ``'YYYY-MM-DD HH:MM[:SS]'`` in ``tz`` and return the UTC instant plus ``shift``.
 
@@ -64,20 +82,24 @@ def date_to_utc(day: date, tz: tzinfo) -> datetime:
 
 
 def _check(bar: Bar) -> str | None:
-    decimal = _DECIMAL.fullmatch
-    if not (decimal(bar.open) and decimal(bar.high) and decimal(bar.low) and decimal(bar.close) and decimal(bar.volume)):
-        return "non-numeric value"
+    o, h, l, c, v = bar.open, bar.high, bar.low, bar.close, bar.volume
     try:
-        o, h, l, c, v = float(bar.open), float(bar.high), float(bar.low), float(bar.close), float(bar.volume)
-    except ValueError:
+        joined = o + h + l + c + v
+        # float() also takes "1_000" and non-ASCII digits, which PostgreSQL's numeric refuses
+        # (one such value would fail a whole COPY); "nan"/"inf" are caught as non-finite below
+        if not joined.isascii() or "_" in joined:
+            return "non-numeric value"
+        fo, fh, fl, fc, fv = float(o), float(h), float(l), float(c), float(v)
+    except (TypeError, ValueError):
         return "non-numeric value"
-    if not all(map(math.isfinite, (o, h, l, c, v))):
-        return "non-finite value"  # e.g. "1e999"
-    if v < 0:
-        return f"negative volume {bar.volume}"
-    if not (l <= o <= h and l <= c <= h):
-        return f"inconsistent OHLC (o={bar.open} h={bar.high} l={bar.low} c={bar.close})"
-    if bar.ts.tzinfo is None or bar.ts.utcoffset() != timedelta(0):
+    if not (math.isfinite(fo) and math.isfinite(fh) and math.isfinite(fl) and math.isfinite(fc) and math.isfinite(fv)):
+        return "non-finite value"  # e.g. "1e999", "nan"
+    if fv < 0:
+        return f"negative volume {v}"
+    if not (fl <= fo <= fh and fl <= fc <= fh):
+        return f"inconsistent OHLC (o={o} h={h} l={l} c={c})"
+    ts = bar.ts
+    if ts.tzinfo is not UTC and (ts.tzinfo is None or ts.utcoffset() != timedelta(0)):
         return "timestamp is not UTC"
     return None
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 __all__ = ["Bar", "INTERVALS", "interval_seconds", "SYMBOL_RE", "normalize_symbol"]
 
@@ -24,9 +24,8 @@ def interval_seconds(interval: str) -> int:
     return INTERVALS[interval]
 
 
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One OHLCV bar.
+class Bar(NamedTuple):
+    """One OHLCV bar (an immutable named tuple: cheap to build by the hundred thousand).
 
     - ``ts``: the bar's *start*, a UTC-aware ``datetime``. Daily bars start at
       midnight of the trading date in the exchange's zone.

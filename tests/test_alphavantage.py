@@ -302,3 +302,13 @@ def test_watermark_gap_is_backfilled_with_full_output(replay):
     got = p.fetch_bars("IBM", "5min", since=old).bars
     assert [q["outputsize"] for _, q in srv.requests[1:]] == ["compact", "full"]
     assert got[0].ts == datetime(2026, 5, 15, 8, 0, tzinfo=UTC) and len(got) == 192
+
+
+def test_proxy_from_the_environment_is_still_honoured(replay, monkeypatch):
+    # the HTTP client resolves proxy settings once per endpoint instead of on every request
+    proxy = replay([ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"), "text/csv")])
+    monkeypatch.setenv("HTTP_PROXY", proxy.server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    bars = make("http://alphavantage.invalid/query").fetch_bars("IBM", "5min").bars  # only the proxy can answer
+    assert len(bars) == 100 and proxy.requests[0][1]["symbol"] == "IBM"

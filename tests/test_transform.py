@@ -46,7 +46,7 @@ def test_valid_bar_passes():
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"o": "nan"}, "non-numeric"),
+        ({"o": "nan", "h": "nan"}, "non-finite"),
         ({"o": "1_000"}, "non-numeric"),  # float() takes it, PostgreSQL numeric does not
         ({"o": "١٢"}, "non-numeric"),  # non-ASCII digits
         ({"h": "1e999", "o": "1e999", "c": "1e999"}, "non-finite"),
@@ -68,3 +68,17 @@ def test_dedupe_keeps_last_copy_in_first_position():
     t = datetime(2024, 1, 2, 15, tzinfo=UTC)
     first, other, revised = bar(ts=t, c="10.5"), bar(ts=t + timedelta(minutes=5)), bar(ts=t, c="10.6")
     assert dedupe_bars([first, other, revised]) == [revised, other]
+
+
+@pytest.mark.parametrize("day", ["2024-03-10", "2024-11-03", "2024-03-31"])
+@pytest.mark.parametrize("shift", [timedelta(0), -timedelta(minutes=5)])
+def test_cached_conversion_matches_per_timestamp_conversion_on_switch_days(day, shift):
+    from etl.transform import LocalToUtc
+
+    for zone_name in ("US/Eastern", "Europe/Warsaw"):
+        tz = zone(zone_name)
+        cached = LocalToUtc(tz, shift)
+        start = datetime.fromisoformat(f"{day} 00:00:00")
+        for minute in range(0, 24 * 60):
+            text = (start + timedelta(minutes=minute)).strftime("%Y-%m-%d %H:%M:%S")
+            assert cached(text) == local_to_utc(text, tz, shift), (zone_name, text)

@@ -31,6 +31,7 @@ import csv
 import io
 import json
 import logging
+import operator
 import re
 import threading
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, Qu
 from etl.http import HttpClient
 from etl.providers.base import FetchResult, Provider
 from etl.providers.registry import register
-from etl.retry import RetryPolicy, call_with_retries
-from etl.transform import Rejection, date_to_utc, local_to_utc, zone
+from etl.retry import Retrier, RetryPolicy
+from etl.transform import LocalToUtc, Rejection, date_to_utc, zone
 from models.bar import Bar, interval_seconds
 
 if TYPE_CHECKING:
@@ -191,12 +192,11 @@ def _parse_json(obj: dict, *, symbol, interval, provider, bar_label, ctx) -> Fet
         tz = zone(zone_name)
     except Exception:
         raise PayloadError(f"{provider}: unknown time zone {zone_name!r} for {symbol}", **ctx) from None
-    rows = []
-    for key, rec in obj[series_keys[0]].items():
-        if not isinstance(rec, dict):
-            rows.append((key, None))
-            continue
-        rows.append((key, tuple(rec.get(f) for f in _FIELDS)))
+    f1, f2, f3, f4, f5 = _FIELDS
+    rows = [
+        (key, (rec.get(f1), rec.get(f2), rec.get(f3), rec.get(f4), rec.get(f5)) if isinstance(rec, dict) else None)
+        for key, rec in obj[series_keys[0]].items()
+    ]
     return _build(rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label))
 
 
@@ -209,7 +209,7 @@ def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> Fetc
     for rec in reader:
         if not rec:
             continue
-        rows.append((rec[0], tuple(rec[1:6]) if len(rec) >= 6 else None))
+        rows.append((rec[0], tuple(v.strip() for v in rec[1:6]) if len(rec) >= 6 else None))
     return _build(
         rows, symbol=symbol, interval=interval, provider=provider, tz=zone(DEFAULT_ZONE), shift=_shift(interval, bar_label)
     )
@@ -217,23 +217,25 @@ def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> Fetc
 
 def _build(rows, *, symbol, interval, provider, tz, shift) -> FetchResult:
     result = FetchResult(symbol)
+    bars, rejected = result.bars, result.rejected
     daily = interval == "1day"
-    cache: dict[str, datetime] = {}
+    to_utc = LocalToUtc(tz, shift)
     for key, values in rows:
-        if values is None or any(not isinstance(v, str) or not v.strip() for v in values):
-            result.rejected.append(Rejection(symbol, str(key), "missing field"))
+        if values is None or len(values) != 5 or not all(values):
+            rejected.append(Rejection(symbol, str(key), "missing field"))
             continue
         try:
-            ts = cache.get(key) if daily else None
-            if ts is None:
-                ts = date_to_utc(date.fromisoformat(key[:10]), tz) if daily else local_to_utc(key, tz, shift)
+            ts = date_to_utc(date.fromisoformat(key[:10]), tz) if daily else to_utc(key)
         except (ValueError, TypeError):
-            result.rejected.append(Rejection(symbol, str(key), "bad timestamp"))
+            rejected.append(Rejection(symbol, str(key), "bad timestamp"))
             continue
-        o, h, l, c, v = (x.strip() for x in values)
-        result.bars.append(Bar(provider, symbol, interval, ts, o, h, l, c, v))
-    result.bars.sort(key=lambda b: b.ts)
+        o, h, l, c, v = values  # validated later (validate_bars): non-strings are rejected there
+        bars.append(Bar(provider, symbol, interval, ts, o, h, l, c, v))
+    bars.sort(key=_TS)
     return result
+
+
+_TS = operator.attrgetter("ts")
 
 
 @register
@@ -247,7 +249,7 @@ class AlphaVantageProvider(Provider):
         self.config = config
         self._local = threading.local()
         self._session = session
-        self._sleep = sleep
+        self._retrier = Retrier(config.retry, **({"sleep": sleep} if sleep else {}))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlphaVantageProvider:
@@ -340,8 +342,7 @@ class AlphaVantageProvider(Provider):
                 resp.body, symbol=symbol, interval=interval, provider=self.name, bar_label=self.config.bar_label, url=resp.url
             )
 
-        kwargs = {"sleep": self._sleep} if self._sleep else {}
-        return call_with_retries(once, self.config.retry, **kwargs)
+        return self._retrier(once)
 
     def close(self) -> None:
         client = getattr(self._local, "client", None)
