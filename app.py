@@ -10,6 +10,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -18,15 +19,17 @@ from clock import Clock, SystemClock
 from db import RunLedger, describe_url, make_engine, upgrade
 from db.jobs import JobStore
 from db.quota import QuotaStore
-from errors import ConfigError
+from errors import ConfigError, MarketpollError
 from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers import Provider, get_provider_class
 from etl.ratelimit import budget_for, parse_rates
 from etl.redact import Redactor
+from scheduler.api import ServiceApi
 from scheduler.calendar import CalendarOverrides, Calendars
 from scheduler.jobs import JOB_SESSIONS, MarketScheduler
 from scheduler.polling import PollingConfig, PollingManager
+from scheduler.systemd import Notifier, unit_file, unit_path
 from settings import Settings
 
 __all__ = ["App"]
@@ -49,6 +52,7 @@ class App:
     _providers: dict[str, Provider] = field(default_factory=dict)
     _pipelines: dict[str, EtlPipeline] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    notifier: Notifier = field(default_factory=lambda: Notifier(None))
 
     def __post_init__(self) -> None:
         self.calendars = Calendars(CalendarOverrides.load(self.settings.market_calendar_file))
@@ -163,6 +167,56 @@ class App:
         print(f"main.py: error: no job named {name!r}", file=sys.stderr)
         return cli.EXIT_USAGE
 
-    def run_jobs(self) -> int:
-        self.scheduler().run(self.stop)
+    def run_jobs(self, api_host: str = "127.0.0.1", api_port: int | None = None, api_token: str | None = None) -> int:
+        """Run named jobs until a signal; optionally serve the API; tell systemd how it goes."""
+        scheduler = self.scheduler()
+        api = None
+        if api_port is not None:
+            api = ServiceApi(scheduler, host=api_host, port=api_port, token=api_token, clock=self.clock, budgets=self.budgets)
+        notifier = self.notifier
+        ticks = {"ready": False}
+
+        def tick() -> None:  # every sync (about 2 s): the loop is alive
+            if not ticks["ready"]:
+                notifier.ready(f"running {len(scheduler.loaded_jobs())} job(s)")
+                ticks["ready"] = True
+            notifier.watchdog()
+
+        try:
+            scheduler.run(self.stop, on_tick=tick)
+        finally:
+            if api is not None:
+                api.close()
         return cli.EXIT_OK
+
+    def install_service(self, args) -> int:
+        """Write (or with --dry-run print) the systemd unit for this checkout and interpreter."""
+        checkout = Path(__file__).resolve().parent
+        svc_args = ["--run-scheduled-jobs", "--shutdown-timeout", f"{args.shutdown_timeout:g}"]
+        if args.api_port is not None:
+            svc_args += ["--api-port", str(args.api_port), "--api-host", args.api_host]
+        text = unit_file(checkout=checkout, args=svc_args, shutdown_timeout_seconds=args.shutdown_timeout, user=args.user)
+        if args.dry_run:
+            print(text, end="")
+            return cli.EXIT_OK
+        path = unit_path(args.user)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        ctl = "systemctl --user" if args.user else "systemctl"
+        logs = "journalctl --user-unit marketpoll -f" if args.user else "journalctl -u marketpoll -f"
+        print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now marketpoll\n      {ctl} status marketpoll; {logs}")
+        return cli.EXIT_OK
+
+    def budgets(self) -> dict:
+        """Rate budget left per provider (requests left today; None without a daily quota)."""
+        out = {}
+        for name, p in list(self._providers.items()):
+            if p.budget is not None:
+                try:
+                    left = p.budget.remaining_today()
+                except MarketpollError:
+                    left = None
+                paused = p.budget.exhausted_until()
+                out[name] = {"rates": [str(r) for r in p.budget.rates], "remaining_today": left,
+                             "paused_until": paused.isoformat() if paused else None}  # fmt: skip
+        return out

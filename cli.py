@@ -51,6 +51,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -129,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="list named jobs: session, exchange, symbols, interval, next run, last run status",
     )
     mode.add_argument("--remove-job", metavar="NAME", help="delete a named job")
+    mode.add_argument(
+        "--install-service",
+        action="store_true",
+        help="write a systemd unit that runs --run-scheduled-jobs from this checkout (see --user, --dry-run)",
+    )
     mode.add_argument(
         "--run-scheduled-jobs",
         action="store_true",
@@ -255,6 +270,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ISO8601",
         help="--market-status at this instant, with a zone: 2024-03-11T13:00:00Z (default: now)",
     )
+
+    svc = p.add_argument_group("service (with --run-scheduled-jobs or --stream)")
+    svc.add_argument(
+        "--api-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve GET /health /status /metrics (and job control with a token) on this port",
+    )
+    svc.add_argument("--api-host", default="127.0.0.1", metavar="HOST", help="address the API binds to (default: 127.0.0.1)")
+    svc.add_argument(
+        "--api-token",
+        default=None,
+        metavar="TOKEN",
+        help="enables POST /jobs/NAME/pause|resume|run for requests bearing it; prefer MARKETPOLL_API_TOKEN (a flag shows in ps)",
+    )
+    svc.add_argument("--user", action="store_true", help="--install-service: a user unit (~/.config/systemd/user)")
+    svc.add_argument("--dry-run", action="store_true", help="--install-service: print the unit instead of writing it")
 
     misc = p.add_argument_group("misc")
     misc.add_argument(

@@ -22,6 +22,7 @@ from errors import ConfigError, LoadError, SchedulingError
 from etl.redact import RedactingFormatter, Redactor
 from scheduler import install_signal_handlers
 from scheduler.shutdown import exit_now_if_threads_linger, pipeline_deadline_seconds
+from scheduler.systemd import Notifier
 from settings import Settings
 
 log = logging.getLogger("marketpoll")
@@ -49,7 +50,9 @@ def dispatch(app: App, args) -> int:
         return app.show_jobs()
     if args.remove_job:
         return app.remove_job(args.remove_job)
-    return app.run_jobs()
+    if args.install_service:
+        return app.install_service(args)
+    return app.run_jobs(args.api_host, args.api_port, args.api_token or app.settings.marketpoll_api_token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,15 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return cli.EXIT_USAGE
-    redactor = Redactor([settings.alpha_vantage_api_key])
+    redactor = Redactor([settings.alpha_vantage_api_key, settings.marketpoll_api_token, args.api_token])
     configure_logging(settings.log_level, redactor)
     stop = threading.Event()
-    install_signal_handlers(stop, shutdown_timeout_seconds=args.shutdown_timeout)
+    notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
+    install_signal_handlers(stop, shutdown_timeout_seconds=args.shutdown_timeout, on_stop=notifier.stopping)
     app = None
     code = cli.EXIT_INTERNAL
     try:
         app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit,
-                  shutdown_timeout_seconds=pipeline_deadline_seconds(args.shutdown_timeout))  # fmt: skip
+                  shutdown_timeout_seconds=pipeline_deadline_seconds(args.shutdown_timeout), notifier=notifier)  # fmt: skip
         code = dispatch(app, args)
     except (ConfigError, SchedulingError) as exc:
         print(f"main.py: error: {redactor(str(exc))}", file=sys.stderr)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from db.engine import translate_db_errors
 from db.tables import etl_runs, scheduled_jobs
 
-__all__ = ["JobDefinition", "JobStore", "LastRun"]
+__all__ = ["JobDefinition", "JobStore", "LastRun", "last_successes", "recent_errors"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +90,28 @@ class JobStore:
         return {
             r["job_name"]: LastRun(r["status"], _utc(r["started_at"]), _utc(r["finished_at"]), r["error_summary"]) for r in rows
         }
+
+
+def last_successes(engine: sa.Engine) -> dict[str, datetime]:
+    """Start of each job's newest succeeded cycle (UTC)."""
+    q = (
+        sa.select(etl_runs.c.job_name, sa.func.max(etl_runs.c.started_at))
+        .where(etl_runs.c.status == "succeeded")
+        .group_by(etl_runs.c.job_name)
+    )
+    with translate_db_errors("reading etl_runs"), engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return {name: _utc(ts if not isinstance(ts, str) else datetime.fromisoformat(ts)) for name, ts in rows}
+
+
+def recent_errors(engine: sa.Engine, limit: int = 10) -> list[dict]:
+    """The newest cycles that did not succeed, with their (redacted) error summaries."""
+    q = (
+        sa.select(etl_runs.c.id, etl_runs.c.job_name, etl_runs.c.status, etl_runs.c.started_at, etl_runs.c.error_summary)
+        .where(etl_runs.c.status.in_(["partial", "failed", "interrupted"]))
+        .order_by(etl_runs.c.id.desc())
+        .limit(limit)
+    )
+    with translate_db_errors("reading etl_runs"), engine.connect() as conn:
+        rows = conn.execute(q).mappings().all()
+    return [{**r, "started_at": _utc(r["started_at"]).isoformat()} for r in rows]

@@ -6,12 +6,14 @@ No retry happens here (see :mod:`etl.retry`); every URL in a message is redacted
 from __future__ import annotations
 
 import email.utils
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import requests
 
 from errors import HTTPError, RateLimited
+from etl.metrics import REQUEST_SECONDS, THROTTLES
 from etl.redact import redact_url
 
 __all__ = ["HttpClient", "Response", "parse_retry_after"]
@@ -81,6 +83,7 @@ class HttpClient:
                 env = self.session.merge_environment_settings(url, {}, None, None, None)
                 self.session.trust_env = False
             self._env[url] = env
+        t0 = time.perf_counter()
         try:
             resp = self.session.get(url, params=params, timeout=self.timeout, **env)
         except requests.RequestException as exc:
@@ -89,9 +92,11 @@ class HttpClient:
             safe = redact_url(requests.Request("GET", url, params=params).prepare().url or url)
             kind = "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
             raise HTTPError(f"{self.provider}: {kind} requesting {safe}", url=safe, **ctx) from None
+        REQUEST_SECONDS.labels(self.provider).observe(time.perf_counter() - t0)
         safe = redact_url(resp.url)
         status = resp.status_code
         if status == 429:
+            THROTTLES.labels(self.provider).inc()
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             raise RateLimited(f"{self.provider}: HTTP 429 for {safe}", retry_after_seconds=retry_after, url=safe, **ctx)
         if not 200 <= status < 300:

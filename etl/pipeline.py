@@ -25,6 +25,7 @@ from clock import Clock, SystemClock
 from db.ledger import RunLedger
 from db.queries import watermarks
 from errors import ConfigError, LoadError, MarketpollError
+from etl import metrics
 from etl.load import BarLoader
 from etl.providers.base import Provider
 from etl.transform import validate_bars
@@ -114,6 +115,7 @@ class EtlPipeline:
         except LoadError as exc:
             cycle.error = self.redact(f"could not record the cycle: {exc}")
             log.error("cycle %s: %s", job_name, cycle.error)
+        metrics.observe_cycle(cycle)
         log.info(
             "cycle job=%s provider=%s interval=%s symbols=%d ok=%d failed=%d rows fetched=%d loaded=%d rejected=%d"
             " status=%s duration=%.3fs",

@@ -105,6 +105,7 @@ class MarketScheduler:
         self.max_concurrent_jobs = max_concurrent_jobs
         self._loaded: dict[str, JobDefinition] = {}
         self._scheduler: BackgroundScheduler | None = None
+        self._sync_lock = threading.Lock()
 
     # -- the seed's scheduling API (writes rows) -----------------------------------------
 
@@ -169,6 +170,21 @@ class MarketScheduler:
 
     # -- running -------------------------------------------------------------------------
 
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None and self._scheduler.running
+
+    def loaded_jobs(self) -> list[JobDefinition]:
+        return list(self._loaded.values())
+
+    def run_now(self, name: str) -> bool:
+        """Fire job ``name`` at once (outside its schedule); False if it is not loaded or is paused."""
+        job = self._loaded.get(name)
+        if self._scheduler is None or job is None or job.paused:
+            return False
+        self._scheduler.add_job(self.run_job, args=[name], id=f"{name}:now", name=f"{name} (run now)", replace_existing=True)
+        return True
+
     def run_job(self, name: str) -> None:
         """One ETL cycle of job ``name`` (its etl_runs row carries the job's name)."""
         job = self._loaded.get(name)
@@ -185,7 +201,14 @@ class MarketScheduler:
             log.error("job %s could not run: %s", job.name, exc)
 
     def sync(self) -> None:
-        """Make the APScheduler jobs match the table (adds, replacements, removals, pauses)."""
+        """Make the APScheduler jobs match the table (adds, replacements, removals, pauses).
+
+        Called by the run loop and by the API (pause/resume take effect at once): serialised.
+        """
+        with self._sync_lock:
+            self._sync()
+
+    def _sync(self) -> None:
         assert self._scheduler is not None
         try:
             wanted = {j.name: j for j in self.store.all()}
@@ -193,14 +216,13 @@ class MarketScheduler:
             log.warning("could not read scheduled jobs (keeping the current set): %s", exc)
             return
         for name in set(self._loaded) - set(wanted):
-            self._scheduler.remove_job(name)
+            self._unschedule(name)
             del self._loaded[name]
             log.info("job %s removed", name)
         for name, job in wanted.items():
             if self._loaded.get(name) == job:
                 continue
-            if name in self._loaded:
-                self._scheduler.remove_job(name)
+            self._unschedule(name)
             self._loaded[name] = job
             if job.paused:
                 log.info("job %s is paused", name)
@@ -212,6 +234,10 @@ class MarketScheduler:
             )  # fmt: skip
             log.info("job %s: %s %s %s every %g min, next run %s", name, job.exchange, job.session,
                      " ".join(job.symbols), job.interval_minutes, aps_job.next_run_time)  # fmt: skip
+
+    def _unschedule(self, name: str) -> None:
+        if self._scheduler.get_job(name) is not None:  # a paused job is loaded but not scheduled
+            self._scheduler.remove_job(name)
 
     def run(self, stop: threading.Event, *, sync_seconds: float = 2.0, on_tick: Callable[[], None] | None = None) -> None:
         """Run jobs until ``stop`` is set; then start no new cycle and wait for running ones."""

@@ -155,3 +155,32 @@ def test_job_scheduled_from_one_process_runs_in_another(tmp_path, pg_engine, pg_
     with pg_engine.connect() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM bars WHERE symbol = 'BTC-USD'").scalar() >= 100
         assert c.exec_driver_sql("SELECT count(*) FROM etl_runs WHERE status = 'running'").scalar() == 0
+
+
+def test_pause_resume_and_remove_of_a_paused_job_resync_cleanly(sqlite_engine):
+    import threading as _t
+
+    store = JobStore(sqlite_engine)
+    clock = ManualClock(utc("2024-03-11T15:00:00Z"))
+    sched = MarketScheduler(store, pipeline_for=lambda _p: None, calendars=CALS, clock=clock)
+    sched.schedule_market_hours_job("j", ["AAPL"], 5)
+    stop = _t.Event()
+    runner = _t.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
+    runner.start()
+    try:
+        time.sleep(0.3)
+        assert [j.name for j in sched.loaded_jobs()] == ["j"] and sched._scheduler.get_job("j") is not None
+        store.set_paused("j", True, clock.now())
+        sched.sync()
+        assert sched._scheduler.get_job("j") is None
+        store.set_paused("j", False, clock.now())
+        sched.sync()  # used to raise JobLookupError: the paused job was loaded but not scheduled
+        assert sched._scheduler.get_job("j") is not None
+        store.set_paused("j", True, clock.now())
+        sched.sync()
+        sched.remove_job("j")
+        sched.sync()
+        assert sched.loaded_jobs() == []
+    finally:
+        stop.set()
+        runner.join(timeout=10)

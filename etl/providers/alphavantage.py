@@ -42,6 +42,7 @@ import requests
 
 from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
 from etl.http import HttpClient
+from etl.metrics import RETRIES, THROTTLES
 from etl.providers.base import FetchResult, Provider
 from etl.providers.registry import register
 from etl.retry import Retrier, RetryPolicy
@@ -249,7 +250,7 @@ class AlphaVantageProvider(Provider):
         self.config = config
         self._local = threading.local()
         self._session = session
-        self._retrier = Retrier(config.retry, **({"sleep": sleep} if sleep else {}))
+        self._retrier = Retrier(config.retry, on_retry=self._on_retry, **({"sleep": sleep} if sleep else {}))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AlphaVantageProvider:
@@ -276,6 +277,11 @@ class AlphaVantageProvider(Provider):
             read_timeout_seconds=settings.http_read_timeout_seconds,
             retry=settings.retry_policy,
         )
+
+    def _on_retry(self, error: BaseException, _delay: float) -> None:
+        RETRIES.labels(self.name).inc()
+        if isinstance(error, RateLimited) and getattr(error, "url", None) is not None and "HTTP 429" not in str(error):
+            THROTTLES.labels(self.name).inc()  # a throttle payload (HTTP 429 is counted by the client)
 
     def secrets(self) -> list[str]:
         return [self.config.api_key]
