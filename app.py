@@ -29,6 +29,7 @@ from scheduler.api import ServiceApi
 from scheduler.calendar import CalendarOverrides, Calendars
 from scheduler.jobs import JOB_SESSIONS, MarketScheduler
 from scheduler.polling import PollingConfig, PollingManager
+from scheduler.streaming import DataStreamingService
 from scheduler.systemd import Notifier, unit_file, unit_path
 from settings import Settings
 
@@ -102,9 +103,8 @@ class App:
 
     # -- commands ------------------------------------------------------------------------
 
-    def poll(self, args) -> int:
-        strategy = "continuous" if args.continuous_poll else "market_hours" if args.market_hours_poll else "adaptive"
-        config = PollingConfig(
+    def polling_config(self, args, **overrides) -> PollingConfig:
+        values = dict(
             interval_minutes=args.poll_interval,
             max_iterations=args.poll_max_iterations,
             symbols=tuple(dict.fromkeys(args.symbols)),
@@ -118,6 +118,11 @@ class App:
             max_interval_minutes=args.max_poll_interval,
             job_name=args.job_name,
         )
+        return PollingConfig(**{**values, **overrides})
+
+    def poll(self, args) -> int:
+        strategy = "continuous" if args.continuous_poll else "market_hours" if args.market_hours_poll else "adaptive"
+        config = self.polling_config(args)
         if strategy != "continuous":
             self.calendars.get(config.exchange)  # an unknown exchange is bad input: fail before any work
         self.check_interval(args.provider, args.interval)
@@ -133,6 +138,35 @@ class App:
         # a graceful stop is not a failure: what the interrupted cycle left undone, the next run completes
         failed = [f for f in results["failures"] if f["cycle_status"] != "interrupted"]
         return cli.EXIT_CYCLE_FAILED if failed else cli.EXIT_OK
+
+    def stream(self, args) -> int:
+        """--stream: continuous polling in a background thread, published through the state file."""
+        config = self.polling_config(
+            args, interval_minutes=args.stream_interval or args.poll_interval, max_iterations=args.stream_max_iterations,
+            job_name=args.job_name or "streaming",
+        )  # fmt: skip
+        self.check_interval(args.provider, args.interval)
+        state = Path(self.settings.stream_state_file).resolve()
+        if DataStreamingService.status(state)["is_running"]:
+            raise ConfigError(f"a streaming process is already running (see {state}); stop it with --stop-streaming")
+        manager = PollingManager(self.pipeline(args.provider), calendars=self.calendars, clock=self.clock, stop=self.stop)
+        service = DataStreamingService(manager, state, clock=self.clock)
+        service.start_streaming(config)
+        self.notifier.ready("streaming")
+        log.info("streaming %s every %g min (state in %s)", " ".join(config.symbols), config.interval_minutes, state)
+        results = service.wait(tick=self.notifier.watchdog)
+        print(json.dumps(results, indent=2))
+        failed = [f for f in (results or {}).get("failures", []) if f["cycle_status"] != "interrupted"]
+        return cli.EXIT_CYCLE_FAILED if failed or results is None else cli.EXIT_OK
+
+    def streaming_status(self) -> int:
+        print(json.dumps(DataStreamingService.status(Path(self.settings.stream_state_file).resolve()), indent=2))
+        return cli.EXIT_OK
+
+    def stop_streaming(self, timeout_seconds: float) -> int:
+        stopped, message = DataStreamingService.stop(Path(self.settings.stream_state_file).resolve(), timeout_seconds)
+        print(message)
+        return cli.EXIT_OK if stopped or message.startswith("no streaming") else cli.EXIT_CYCLE_FAILED
 
     def check_interval(self, provider: str, interval: str) -> None:
         if interval not in get_provider_class(provider).intervals:

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mode.add_argument("--remove-job", metavar="NAME", help="delete a named job")
     mode.add_argument(
+        "--stream",
+        action="store_true",
+        help="poll every --stream-interval minutes in a background thread; see --streaming-status, --stop-streaming",
+    )
+    mode.add_argument("--streaming-status", action="store_true", help="print the streaming process's state as JSON")
+    mode.add_argument("--stop-streaming", action="store_true", help="stop the streaming process gracefully (SIGTERM, then wait)")
+    mode.add_argument(
         "--install-service",
         action="store_true",
         help="write a systemd unit that runs --run-scheduled-jobs from this checkout (see --user, --dry-run)",
@@ -254,6 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poll.add_argument("--job-name", default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)")
 
+    stream = p.add_argument_group("streaming")
+    stream.add_argument(
+        "--stream-interval",
+        type=_minutes,
+        default=None,
+        metavar="MINUTES",
+        help="--stream: minutes between polls (default: --poll-interval)",
+    )
+    stream.add_argument(
+        "--stream-max-iterations",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="--stream: stop after N cycles (default: until stopped)",
+    )
+
     jobs = p.add_argument_group("named jobs and market status")
     jobs.add_argument("--job-symbols", nargs="+", type=_symbol, default=None, metavar="SYMBOL", help="the job's tickers")
     jobs.add_argument(
@@ -271,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--market-status at this instant, with a zone: 2024-03-11T13:00:00Z (default: now)",
     )
 
-    svc = p.add_argument_group("service (with --run-scheduled-jobs or --stream)")
+    svc = p.add_argument_group("service (with --run-scheduled-jobs)")
     svc.add_argument(
         "--api-port",
         type=_port,
@@ -305,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    polling = any(getattr(args, m) for m in POLL_MODES)
+    polling = any(getattr(args, m) for m in POLL_MODES) or args.stream
     if polling and not args.symbols:
         parser.error("argument --symbols: at least one symbol is required")
     scheduling = next((k for k in SCHEDULE_KINDS if getattr(args, f"schedule_{k}_job")), None)

@@ -42,6 +42,12 @@ def configure_logging(level: str, redactor: Redactor) -> None:
 def dispatch(app: App, args) -> int:
     if any(getattr(args, m) for m in cli.POLL_MODES):
         return app.poll(args)
+    if args.stream:
+        return app.stream(args)
+    if args.streaming_status:
+        return app.streaming_status()
+    if args.stop_streaming:
+        return app.stop_streaming(args.shutdown_timeout + 5)
     if args.market_status:
         return app.market_status(args)
     if args.schedule_kind:

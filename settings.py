@@ -90,6 +90,7 @@ class Settings:
     retry_max_delay_seconds: float = 60.0
     log_level: str = "INFO"
     market_calendar_file: str | None = None
+    stream_state_file: str = "marketpoll-stream.json"
     marketpoll_api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
     _CONVERTERS = {

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from clock import Clock, SystemClock
 from errors import ConfigError
@@ -119,9 +121,9 @@ class PollingManager:
         self.clock = clock or pipeline.clock or SystemClock()
         self.stop = stop or pipeline.stop
 
-    def continuous_polling(self, config: PollingConfig) -> dict:
+    def continuous_polling(self, config: PollingConfig, **hooks) -> dict:
         """Poll every ``interval_minutes``, around the clock."""
-        return self.run(ContinuousStrategy(config)).as_dict()
+        return self.run(ContinuousStrategy(config), **hooks).as_dict()
 
     def market_hours_polling(self, config: PollingConfig) -> dict:
         """Poll every ``interval_minutes`` inside ``config.sessions`` of ``config.exchange`` only."""
@@ -131,7 +133,15 @@ class PollingManager:
         """Poll at an interval that follows data arrival, sessions and throttling."""
         return self.run(AdaptiveStrategy(config, self.calendars.get(config.exchange))).as_dict()
 
-    def run(self, strategy: PollingStrategy) -> PollingResults:
+    def run(
+        self,
+        strategy: PollingStrategy,
+        *,
+        on_cycle: Callable[[CycleResult], None] | None = None,
+        on_wait: Callable[[datetime], None] | None = None,
+    ) -> PollingResults:
+        """Poll until ``max_iterations`` or ``stop``; ``on_cycle(cycle)`` after each cycle,
+        ``on_wait(due)`` before each wait (the streaming service publishes both)."""
         cfg = strategy.config
         results = PollingResults(strategy=strategy.name, start_time=self.clock.now())
         last: CycleResult | None = None
@@ -140,6 +150,8 @@ class PollingManager:
             due = strategy.next_poll(last, now)
             wait = (due - now).total_seconds()
             if wait > 0:
+                if on_wait is not None:
+                    on_wait(due)
                 if wait > 60:
                     log.info("%s: next poll at %s (in %.0fs)", strategy.name, due.isoformat(), wait)
                 if self.clock.sleep(min(wait, MAX_SLEEP_SECONDS), self.stop):
@@ -156,6 +168,8 @@ class PollingManager:
                 results.intervals_seconds.append((cycle.started_at - last.started_at).total_seconds())
             results.cycles.append(cycle)
             strategy.observe(cycle)
+            if on_cycle is not None:
+                on_cycle(cycle)
             last = cycle
         results.interrupted = self.stop.is_set()
         results.end_time = self.clock.now()

@@ -1,0 +1,136 @@
+"""The seed's DataStreamingService: continuous polling in a background thread, visible to
+(and stoppable from) other processes through a small state file.
+
+The state file (``STREAM_STATE_FILE``, JSON, replaced atomically) holds the streaming
+process's pid, start time, symbols, interval, last cycle and next cycle. ``status`` reads
+it and checks the pid is alive; ``stop`` sends that pid SIGTERM and waits for the graceful
+shutdown (in-flight batches commit or roll back, the cycle is recorded as interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from clock import Clock
+from models.run import CycleResult
+from scheduler.polling import PollingConfig, PollingManager
+
+__all__ = ["DataStreamingService", "read_state", "pid_alive"]
+
+log = logging.getLogger(__name__)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs; an exited process not yet reaped (a zombie) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_state(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+class DataStreamingService:
+    """Runs :meth:`PollingManager.continuous_polling` in a thread and publishes its state."""
+
+    def __init__(self, manager: PollingManager, state_file: Path, *, clock: Clock) -> None:
+        self.manager = manager
+        self.state_file = state_file
+        self.clock = clock
+        self.results: dict | None = None
+        self._thread: threading.Thread | None = None
+        self._state: dict = {}
+        self._lock = threading.Lock()
+
+    def _write(self, **changes) -> None:
+        with self._lock:
+            self._state.update(changes)
+            tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
+            tmp.write_text(json.dumps(self._state, indent=2, default=str))
+            os.replace(tmp, self.state_file)  # readers never see half a file
+
+    def _on_cycle(self, cycle: CycleResult) -> None:
+        last = {"started_at": cycle.started_at.isoformat(), "status": cycle.status.value,
+                "rows_loaded": cycle.rows_loaded, "failed_symbols": [o.symbol for o in cycle.failed]}  # fmt: skip
+        self._write(last_cycle=last)
+
+    def _on_wait(self, due: datetime) -> None:
+        self._write(next_cycle_at=due.isoformat())
+
+    def start_streaming(self, config: PollingConfig) -> None:
+        """Start polling in a background thread (returns at once)."""
+        self._write(pid=os.getpid(), is_running=True, started_at=self.clock.now().isoformat(), symbols=list(config.symbols),
+                    interval_minutes=config.interval_minutes, max_iterations=config.max_iterations,
+                    last_cycle=None, next_cycle_at=None, stopped_at=None)  # fmt: skip
+
+        def run() -> None:
+            try:
+                self.results = self.manager.continuous_polling(config, on_cycle=self._on_cycle, on_wait=self._on_wait)
+            finally:
+                self._write(is_running=False, stopped_at=self.clock.now().isoformat(), next_cycle_at=None)
+
+        self._thread = threading.Thread(target=run, name="streaming")
+        self._thread.start()
+
+    def wait(self, tick: Callable[[], None] = lambda: None, every_seconds: float = 1.0) -> dict | None:
+        """Block until the streaming thread ends, calling ``tick`` (systemd watchdog) meanwhile."""
+        assert self._thread is not None
+        while self._thread.is_alive():
+            tick()
+            self._thread.join(every_seconds)
+        return self.results
+
+    def get_streaming_status(self) -> dict:
+        """Seed-compatible status of this process's streaming thread."""
+        return {
+            "is_running": bool(self._thread and self._thread.is_alive()),
+            "stop_event_set": self.manager.stop.is_set(),
+            "thread_alive": bool(self._thread and self._thread.is_alive()),
+            "timestamp": self.clock.now().isoformat(),
+        }
+
+    @staticmethod
+    def status(state_file: Path) -> dict:
+        """Status of the streaming process that owns ``state_file`` (from any process)."""
+        state = read_state(state_file) or {}
+        pid = state.get("pid")
+        running = bool(state.get("is_running") and pid and pid_alive(pid))
+        return {"is_running": running, "pid": pid if running else None, "started_at": state.get("started_at"),
+                "symbols": state.get("symbols"), "interval_minutes": state.get("interval_minutes"),
+                "last_cycle": state.get("last_cycle"), "next_cycle": state.get("next_cycle_at") if running else None,
+                "stopped_at": state.get("stopped_at"), "state_file": str(state_file)}  # fmt: skip
+
+    @staticmethod
+    def stop(state_file: Path, timeout_seconds: float) -> tuple[bool, str]:
+        """SIGTERM the streaming process and wait for it; (stopped, message)."""
+        st = DataStreamingService.status(state_file)
+        if not st["is_running"]:
+            return False, "no streaming process is running"
+        pid = st["pid"]
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):  # the process has exited: its graceful stop is complete
+                return True, f"stopped streaming process {pid}"
+            time.sleep(0.1)
+        return False, f"streaming process {pid} did not stop within {timeout_seconds:g}s"
