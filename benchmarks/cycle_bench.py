@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import resource
 import subprocess
 import sys
@@ -23,12 +22,11 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import psycopg2
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ADMIN = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from _scratch import scratch_database  # noqa: E402
+
 DB = "marketpoll_cycle_bench"
 
 
@@ -57,17 +55,6 @@ def serve(port_q) -> None:
         time.sleep(3600)
 
 
-def scratch_url() -> str:
-    admin = psycopg2.connect(ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB}")
-    admin.close()
-    dsn = psycopg2.extensions.parse_dsn(ADMIN)
-    return f"postgresql+psycopg2://{dsn.get('user', 'postgres')}@{dsn.get('host', '127.0.0.1')}:{dsn.get('port', 5432)}/{DB}"
-
-
 def one(symbols: int, workers: int) -> dict:
     from db import RunLedger, make_engine, upgrade
     from etl.load import make_loader
@@ -78,7 +65,7 @@ def one(symbols: int, workers: int) -> dict:
     server = multiprocessing.Process(target=serve, args=(q,), daemon=True)
     server.start()
     base = q.get(timeout=30)
-    engine = make_engine(scratch_url(), pool_size=4)
+    engine = make_engine(scratch_database(DB), pool_size=4)
     upgrade(engine)
     provider = AlphaVantageProvider(AlphaVantageConfig(api_key="BENCHKEY0001", base_url=f"{base}/query"))
     pipeline = EtlPipeline(provider, make_loader(engine), RunLedger(engine), workers=workers)

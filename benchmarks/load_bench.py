@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
 import sys
 import time
@@ -30,12 +29,13 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _scratch import scratch_database  # noqa: E402
+
 from db.engine import make_engine  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from etl.load import PostgresBarLoader, copy_text  # noqa: E402
 from models.bar import Bar  # noqa: E402
 
-ADMIN = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DB = "marketpoll_bench"
 COLS = "provider, symbol, interval, ts, open, high, low, close, volume"
 
@@ -58,14 +58,7 @@ def make_bars(rows: int, symbols: int) -> list[list[Bar]]:
 
 
 def setup() -> str:
-    admin = psycopg2.connect(ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        cur.execute(f"CREATE DATABASE {DB}")
-    admin.close()
-    dsn = psycopg2.extensions.parse_dsn(ADMIN)
-    url = f"postgresql+psycopg2://{dsn.get('user', 'postgres')}@{dsn.get('host', '127.0.0.1')}:{dsn.get('port', 5432)}/{DB}"
+    url = scratch_database(DB)
     engine = make_engine(url)
     upgrade(engine)
     with engine.begin() as c:

@@ -153,16 +153,17 @@ class PostgresBarLoader(BarLoader):
                 raise
             finally:
                 conn.close()
-        return [sum(written[s] for s in {(b.provider, b.symbol, b.interval) for b in batch}) for batch in batches]
+        return [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
 
     def _write(self, conn, rows: list[Bar]) -> Counter[Series]:
         cur = conn.cursor()
-        series = sorted({(b.provider, b.symbol, b.interval) for b in rows})
+        # a Bar's first three fields are its series (provider, symbol, interval): slices, not attributes
+        series = sorted({b[:3] for b in rows})
         cur.execute(_WATERMARKS, ([s[0] for s in series], [s[1] for s in series], [s[2] for s in series]))
         marks = {(p, s, i): ts for p, s, i, ts in cur.fetchall()}
         fresh, seen = [], []
         for b in rows:
-            mark = marks[(b.provider, b.symbol, b.interval)]
+            mark = marks[b[:3]]
             (fresh if mark is None or b.ts > mark else seen).append(b)
         written: Counter[Series] = Counter()
         if fresh:
@@ -170,7 +171,7 @@ class PostgresBarLoader(BarLoader):
             try:
                 cur.copy_expert(f"COPY bars ({_COL_LIST}) FROM STDIN", io.StringIO(copy_text(fresh)))
                 cur.execute("RELEASE SAVEPOINT mp_append")
-                written.update((b.provider, b.symbol, b.interval) for b in fresh)
+                written.update(b[:3] for b in fresh)
             except psycopg2.errors.UniqueViolation:
                 log.debug("append of %d bars raced another writer; merging them", len(fresh))
                 cur.execute("ROLLBACK TO SAVEPOINT mp_append")

@@ -124,7 +124,5 @@ def validate_bars(bars: Iterable[Bar]) -> tuple[list[Bar], list[Rejection]]:
 
 def dedupe_bars(bars: Iterable[Bar]) -> list[Bar]:
     """One bar per (provider, symbol, interval, ts), the last one seen winning; order of first appearance."""
-    seen: dict[tuple, Bar] = {}
-    for b in bars:
-        seen[(b.provider, b.symbol, b.interval, b.ts)] = b
-    return list(seen.values())
+    # a Bar's first four fields are its key (provider, symbol, interval, ts): slicing is C-fast
+    return list({b[:4]: b for b in bars}.values())

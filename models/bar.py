@@ -25,7 +25,8 @@ def interval_seconds(interval: str) -> int:
 
 
 class Bar(NamedTuple):
-    """One OHLCV bar (an immutable named tuple: cheap to build by the hundred thousand).
+    """One OHLCV bar (an immutable named tuple: cheap to build by the hundred thousand). The field
+    order is part of the contract: ``bar[:4]`` is the primary key and ``bar[:3]`` the series.
 
     - ``ts``: the bar's *start*, a UTC-aware ``datetime``. Daily bars start at
       midnight of the trading date in the exchange's zone.

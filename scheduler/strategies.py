@@ -49,8 +49,12 @@ class PollingStrategy(ABC):
     """
 
     name: str
+    #: True when the policy reads sessions: constructing it without a calendar is a ConfigError.
+    needs_calendar: bool = False
 
     def __init__(self, config: PollingConfig, calendar: MarketCalendar | None = None) -> None:
+        if self.needs_calendar and calendar is None:
+            raise ConfigError(f"{self.name} polling needs an exchange calendar", name="exchange")
         self.config = config
         self.calendar = calendar
 
@@ -77,11 +81,7 @@ class MarketHoursStrategy(PollingStrategy):
     """Fixed rate inside the chosen sessions (``config.sessions``); otherwise wait for the next open."""
 
     name = "market_hours"
-
-    def __init__(self, config: PollingConfig, calendar: MarketCalendar | None = None) -> None:
-        if calendar is None:
-            raise ConfigError("market-hours polling needs an exchange calendar", name="exchange")
-        super().__init__(config, calendar)
+    needs_calendar = True
 
     def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
         sessions = self.config.session_set
@@ -118,10 +118,9 @@ class AdaptiveStrategy(PollingStrategy):
     """The interval follows data arrival, the session and throttling (see module docstring)."""
 
     name = "adaptive"
+    needs_calendar = True
 
     def __init__(self, config: PollingConfig, calendar: MarketCalendar | None = None) -> None:
-        if calendar is None:
-            raise ConfigError("adaptive polling needs an exchange calendar", name="exchange")
         super().__init__(config, calendar)
         self.base_seconds = config.interval_seconds
 
