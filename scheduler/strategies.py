@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from errors import ConfigError
+from registry import Registry
 from scheduler.calendar import MarketCalendar, Session
 
 if TYPE_CHECKING:
@@ -142,16 +143,8 @@ class AdaptiveStrategy(PollingStrategy):
         return max(now, last.started_at + timedelta(seconds=wait))
 
 
-#: Strategies by name: the one registry the CLI and the named jobs look up.
-STRATEGIES: dict[str, type[PollingStrategy]] = {
-    cls.name: cls for cls in (ContinuousStrategy, MarketHoursStrategy, AdaptiveStrategy)
-}
-
-
-def strategy_class(name: str) -> type[PollingStrategy]:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown polling strategy {name!r} (known: {', '.join(STRATEGIES)})", name="strategy", value=name
-        ) from None
+#: Strategies by name (the CLI's --*-poll flags map onto these).
+STRATEGIES: Registry[PollingStrategy] = Registry(PollingStrategy, "polling strategy")
+for _cls in (ContinuousStrategy, MarketHoursStrategy, AdaptiveStrategy):
+    STRATEGIES.register(_cls)
+strategy_class = STRATEGIES.get
