@@ -94,12 +94,12 @@ class EtlPipeline:
             log.error("cycle %s: database unavailable, nothing fetched: %s", job_name, cycle.error)
             return cycle
         paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
+        todo = list(symbols)
         if paused_until is not None:  # no request at all until the quota resets (logged once, by the budget)
             cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
-            symbols = []
-        since = self._watermarks(symbols, interval) if symbols else {}
+            todo = []
+        since = self._watermarks(todo, interval) if todo else {}
         done: dict[str, SymbolOutcome] = {}
-        todo = list(symbols)
         for attempt in range(1 + retry_passes):
             if attempt:
                 todo = [s for s in todo if s in done and done[s].retry_in_cycle and not done[s].ok]
