@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -78,8 +78,3 @@ def translate_db_errors(what: str) -> Iterator[None]:
         transient = isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError, sqlite3.OperationalError))
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise LoadError(f"{what}: {detail}", transient=transient) from exc
-
-
-def with_db_errors(what: str, fn: Callable[[], T]) -> T:
-    with translate_db_errors(what):
-        return fn()

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from db.engine import is_postgres, translate_db_errors
+from db.queries import WATERMARKS_SQL
 from db.tables import BAR_KEY, BAR_VALUES, bars
 from errors import LoadError
 from etl.transform import dedupe_bars
@@ -71,12 +72,6 @@ WITH d AS MATERIALIZED (
 SELECT provider, symbol, interval, count(*) FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) w
 GROUP BY provider, symbol, interval
 """  # noqa: S608
-_WATERMARKS = (
-    "SELECT k.provider, k.symbol, k.interval, "
-    "(SELECT max(b.ts) FROM bars b WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval) "
-    "FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(provider, symbol, interval)"
-)
-
 Series = tuple[str, str, str]  # (provider, symbol, interval)
 
 
@@ -159,7 +154,7 @@ class PostgresBarLoader(BarLoader):
         cur = conn.cursor()
         # a Bar's first three fields are its series (provider, symbol, interval): slices, not attributes
         series = sorted({b[:3] for b in rows})
-        cur.execute(_WATERMARKS, ([s[0] for s in series], [s[1] for s in series], [s[2] for s in series]))
+        cur.execute(WATERMARKS_SQL, ([s[0] for s in series], [s[1] for s in series], [s[2] for s in series]))
         marks = {(p, s, i): ts for p, s, i, ts in cur.fetchall()}
         fresh, seen = [], []
         for b in rows:

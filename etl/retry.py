@@ -19,7 +19,7 @@ import tenacity
 
 from errors import ConfigError, MarketpollError
 
-__all__ = ["RetryPolicy", "Retrier", "call_with_retries"]
+__all__ = ["RetryPolicy", "Retrier"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,14 +100,3 @@ class Retrier:
     def __call__(self, fn: Callable[[], T]) -> T:
         """Call ``fn`` until it returns, raises a terminal error, or attempts run out (then re-raises)."""
         return self._retrying(fn)
-
-
-def call_with_retries(
-    fn: Callable[[], T],
-    policy: RetryPolicy,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    on_retry: Callable[[BaseException, float], None] | None = None,
-) -> T:
-    """One-off form of :class:`Retrier` (builds the retry loop each call; prefer a Retrier in loops)."""
-    return Retrier(policy, sleep=sleep, on_retry=on_retry)(fn)

@@ -102,10 +102,6 @@ class PollingResults:
     def successful_cycles(self) -> int:
         return sum(1 for c in self.cycles if c.status is RunStatus.SUCCEEDED)
 
-    @property
-    def all_succeeded(self) -> bool:
-        return all(c.status is RunStatus.SUCCEEDED for c in self.cycles)
-
     def failures(self) -> list[dict]:
         """Every failed symbol (and cycle-wide error) with its cycle number and that cycle's status."""
         out = []

@@ -180,3 +180,13 @@ def test_load_many_in_one_group_is_idempotent(engine):
     group = [bars(20, symbol=s) for s in ("A", "B", "C")]
     assert loader.load_many(group) == [20, 20, 20]
     assert loader.load_many(group) == [0, 0, 0]
+
+
+def test_watermarks_per_series(engine):
+    from db.queries import watermarks
+
+    loader = make_loader(engine)
+    loader.load(bars(10, symbol="IBM") + bars(3, symbol="MSFT") + bars(20, symbol="IBM", provider="alphavantage"))
+    got = watermarks(engine, "demo", "5min", ["IBM", "MSFT", "NOBARS"])
+    assert got == {"IBM": T0 + timedelta(minutes=45), "MSFT": T0 + timedelta(minutes=10)}
+    assert watermarks(engine, "demo", "1min", ["IBM"]) == {} and watermarks(engine, "demo", "5min", []) == {}
