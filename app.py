@@ -180,8 +180,7 @@ class App:
     def schedule(self, args, kind: str) -> int:
         name = getattr(args, f"schedule_{kind}_job")
         symbols = args.job_symbols or args.symbols
-        self.check_interval(args.provider, args.interval)
-        get_provider_class(args.provider)  # an unknown provider is bad input
+        self.check_interval(args.provider, args.interval)  # also rejects an unknown provider
         replaced = self.scheduler().schedule_job(
             name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
             exchange=args.exchange, provider=args.provider, bar_interval=args.interval,

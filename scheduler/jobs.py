@@ -129,7 +129,7 @@ class MarketScheduler:
         if not syms:
             raise ConfigError("a job needs at least one symbol", name="symbols")
         cal = self.calendars.get(exchange)  # validates the exchange code
-        self.calendars.get(cal.code).next_window(self.clock.now(), frozenset({Session(session)}))  # the session exists
+        cal.next_window(self.clock.now(), frozenset({Session(session)}))  # the session exists
         job = JobDefinition(name, Session(session).value, cal.code, provider, syms, float(interval_minutes), bar_interval)
         return self.store.put(job, self.clock.now())
 
