@@ -302,7 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long in-flight symbol batches may take to finish (default: 30)",
     )
     misc.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: sqlite:///marketpoll.db)")
-    misc.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None)
+    misc.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None,
+                      help="DEBUG adds one line per provider request (default: LOG_LEVEL or INFO)")  # fmt: skip
+    misc.add_argument("--log-format", choices=("text", "json"), default=None,
+                      help="json: one JSON object per line, for journald and log shippers (default: LOG_FORMAT or text)")  # fmt: skip
     return p
 
 

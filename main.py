@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ,
             database_url=args.database_url,
             log_level=args.log_level,
+            log_format=args.log_format,
             alpha_vantage_outputsize=args.outputsize,
             alpha_vantage_datatype=args.datatype,
             alpha_vantage_month=args.month,

@@ -85,10 +85,14 @@ class Settings:
     demo_rate_limit: str | None = None
     http_connect_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 30.0
+    http_total_timeout_seconds: float = 30.0  # one deadline per request, end to end (a dripping server too)
+    http_max_response_bytes: int = 32 * 1024 * 1024  # a larger reply is cut off and fails the symbol
+    retry_budget_seconds: float = 60.0  # per symbol per cycle: time that retry waits may take in total
     retry_max_attempts: int = 4
     retry_initial_delay_seconds: float = 1.0
     retry_max_delay_seconds: float = 60.0
     log_level: str = "INFO"
+    log_format: str = "text"
     market_calendar_file: str | None = None
     stream_state_file: str = "marketpoll-stream.json"
     marketpoll_api_token: str | None = field(default=None, repr=False)  # a secret: never printed
@@ -103,10 +107,14 @@ class Settings:
         "demo_rate_limit": _rates,
         "http_connect_timeout_seconds": _positive(float),
         "http_read_timeout_seconds": _positive(float),
+        "http_total_timeout_seconds": _positive(float),
+        "http_max_response_bytes": _positive(int),
+        "retry_budget_seconds": _positive(float),
         "retry_max_attempts": _positive(int),
         "retry_initial_delay_seconds": _positive(float),
         "retry_max_delay_seconds": _positive(float),
         "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+        "log_format": _choice("text", "json"),
     }
 
     @classmethod

@@ -28,7 +28,7 @@ def describe_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
-    """An Engine for ``url`` (``postgresql+psycopg2://...`` or ``sqlite:///file.db``).
+    """An Engine for ``url`` (``postgresql://...``, ``postgresql+psycopg2://...`` or ``sqlite:///file.db``).
 
     Raises :class:`~errors.ConfigError` for an unparseable URL or a missing driver;
     connecting happens lazily (first use raises :class:`~errors.LoadError`).
@@ -37,6 +37,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
         parsed = make_url(url)
     except sa_exc.ArgumentError as exc:
         raise ConfigError(f"DATABASE_URL is not a database URL: {exc}", name="DATABASE_URL") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        # the form everyone writes; SQLAlchemy 2.1 maps it to psycopg 3, marketpoll ships psycopg2
+        parsed = parsed.set(drivername="postgresql+psycopg2")
     kwargs: dict = {"future": True}
     if parsed.get_backend_name() == "sqlite":
         # threads share one file; a 30 s busy timeout instead of "database is locked" at once

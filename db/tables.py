@@ -5,6 +5,7 @@
   kept exactly on PostgreSQL); ``ingested_at`` is when this version of the row was written.
 - ``etl_runs``: the ledger, one row per cycle.
 - ``scheduled_jobs``: named jobs, one row each (not pickles: readable, editable, portable).
+- ``rejected_bars``: the audit trail of records that never became bars (raw timestamp, reason, excerpt).
 - ``latest_bars`` (view): the newest bar per (provider, symbol, interval).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "latest_bars", "BAR_KEY", "BAR_VALUES"]
+__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "latest_bars", "BAR_KEY", "BAR_VALUES"]
 
 metadata = sa.MetaData()
 
@@ -53,6 +54,21 @@ etl_runs = sa.Table(
     sa.Column("rows_rejected", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error_summary", sa.Text),
     sa.Column("pid", sa.Integer),
+    sa.Column("host", sa.Text),
+)
+
+rejected_bars = sa.Table(
+    "rejected_bars",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("interval", sa.Text, nullable=False),
+    sa.Column("raw_ts", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("excerpt", sa.Text),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 scheduled_jobs = sa.Table(
