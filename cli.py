@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     misc.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=None,
                       help="DEBUG adds one line per provider request (default: LOG_LEVEL or INFO)")  # fmt: skip
     misc.add_argument("--log-format", choices=("text", "json"), default=None,
-                      help="json: one JSON object per line, for journald and log shippers (default: LOG_FORMAT or text)")  # fmt: skip
+                      help="json: one JSON object per line, for journald and log shippers (default: LOG_FORMAT)")  # fmt: skip
     return p
 
 

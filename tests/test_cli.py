@@ -10,7 +10,7 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from support import ROOT, ok, real
+from support import ROOT, fixture, ok
 
 KEY = "CLISECRETKEY9876"
 
@@ -109,8 +109,8 @@ def test_unreachable_database_exits_3(tmp_path):
 def test_alphavantage_through_base_url_never_shows_the_key(tmp_path, replay, sqlite_url):
     def route(_p, q):
         if q["symbol"] == "MSFT":
-            return ok(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"))
-        return ok(real("alphavantage_error_invalid_api_call_BOP.json"))
+            return ok(fixture("alphavantage/intraday_1min_MSFT.json"))
+        return ok(fixture("alphavantage/error_invalid_call.json"))
 
     srv = replay(route)
     # .env is read from the working directory; the environment would win over it

@@ -19,7 +19,7 @@ from etl.providers.demo import DemoProvider
 from etl.redact import Redactor
 from etl.retry import RetryPolicy
 from models.run import RunStatus
-from support import ok, real
+from support import fixture, ok
 
 NOW = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
 KEY = "PIPELINESECRET42"
@@ -66,7 +66,7 @@ def test_second_cycle_is_idempotent(engine):
 
 
 def test_rejected_bars_are_counted_and_logged(engine, replay, caplog):
-    body = json.loads(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"))
+    body = json.loads(fixture("alphavantage/intraday_1min_MSFT.json"))
     series = body["Time Series (1min)"]
     first = next(iter(series))
     series[first]["3. low"] = "99999"  # low above high
@@ -85,8 +85,8 @@ def test_throttled_symbol_gets_another_pass_and_no_secret_is_stored(engine, repl
         if q["symbol"] == "MSFT":
             hits["n"] += 1
             if hits["n"] <= 2:  # throttled past the provider's single attempt, twice
-                return ok(real("alphavantage_throttle_note_5_per_minute.json"))
-        return ok(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"))
+                return ok(fixture("alphavantage/throttle_note.json"))
+        return ok(fixture("alphavantage/intraday_1min_MSFT.json"))
 
     srv = replay(route)
     cfg = AlphaVantageConfig(api_key=KEY, base_url=srv.url, retry=RetryPolicy(max_attempts=1))

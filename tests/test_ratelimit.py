@@ -18,9 +18,9 @@ from etl.providers.alphavantage import AlphaVantageConfig, AlphaVantageProvider
 from etl.ratelimit import RateBudget, RateSpec, key_id, parse_rates
 from etl.retry import RetryPolicy
 from models.run import RunStatus
-from support import ok, real
+from support import fixture, ok
 
-BODY = real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json")
+BODY = fixture("alphavantage/intraday_1min_MSFT.json")
 
 
 def test_parse_rates():

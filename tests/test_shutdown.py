@@ -9,9 +9,9 @@ import sys
 import threading
 import time
 
-from support import ROOT, ok, real
+from support import ROOT, fixture, ok
 
-BODY = real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json")
+BODY = fixture("alphavantage/intraday_1min_MSFT.json")
 SYMBOLS = ["AAA", "BBB", "SLOWX", "CCC", "DDD", "EEE", "FFF"]
 
 
