@@ -1,7 +1,13 @@
-"""Alpha Vantage provider against a loopback server replaying real recorded responses."""
+"""Alpha Vantage provider: the parser, and the HTTP path against a loopback server.
+
+Behaviour is tested on our own payloads (tests/fixtures/alphavantage, see generate.py there);
+the facts about Alpha Vantage itself (number formats, bar labels) on the real recordings,
+which skip without ../shared.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -11,10 +17,18 @@ import pytest
 
 from contract import ProviderContract
 from errors import HTTPError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
-from etl.providers.alphavantage import AlphaVantageConfig, AlphaVantageProvider, parse_response
+from etl.providers.alphavantage import (
+    BAD_TIMESTAMP,
+    MISSING_FIELD,
+    REPEATED_FIELD,
+    REPEATED_KEY,
+    AlphaVantageConfig,
+    AlphaVantageProvider,
+    parse_response,
+)
 from etl.retry import RetryPolicy
-from etl.transform import zone
-from support import ok, real
+from etl.transform import AMBIGUOUS_LOCAL_TIME, NONEXISTENT_LOCAL_TIME, local_to_utc, validate_bars, zone
+from support import fixture, ok, real
 
 KEY = "SECRETKEY123456"
 NY = zone("US/Eastern")
@@ -28,10 +42,13 @@ def make(url, *, sleeps=None, **cfg):
     return AlphaVantageProvider(AlphaVantageConfig(api_key=KEY, base_url=url, **cfg), sleep=sleep)
 
 
+IBM_CSV = "alphavantage/intraday_5min_IBM.csv"  # 2024-01-31 11:40-19:55 New York (EST), 100 bars
+
+
 def routed(path, q):
     if q.get("symbol") == "IBM":
-        return ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"), "text/csv")
-    return ok(real("alphavantage_error_invalid_api_call_BOP.json"))
+        return ok(fixture(IBM_CSV), "text/csv")
+    return ok(fixture("alphavantage/error_invalid_call.json"))
 
 
 class TestContract(ProviderContract):
@@ -43,6 +60,10 @@ class TestContract(ProviderContract):
     @pytest.fixture
     def unknown_symbol(self):
         return "NOSUCH"
+
+    @pytest.fixture
+    def api_secrets(self):
+        return [KEY]
 
 
 # --- the wire format, on real recordings -------------------------------------------------
@@ -71,7 +92,7 @@ def test_intraday_csv_real_recording_lf_and_crlf():
     assert crlf.bars[-1].close == "123.3700"  # no stray carriage return
 
 
-def test_daily_json_and_csv_start_at_new_york_midnight():
+def test_daily_real_recordings_start_at_new_york_midnight():
     js = parse_response(real("alphavantage_daily_MSFT_compact_2018-06-08.json"), symbol="MSFT", interval="1day")
     cs = parse_response(real("alphavantage_daily_IBM_compact_2026-05-15.csv"), symbol="IBM", interval="1day")
     assert js.bars[-1].ts == datetime(2018, 6, 8, 4, tzinfo=UTC)  # EDT midnight
@@ -79,8 +100,29 @@ def test_daily_json_and_csv_start_at_new_york_midnight():
     assert cs.bars[-1].ts == datetime(2026, 5, 15, 4, tzinfo=UTC) and len(cs.bars) == 100
 
 
+# --- the wire format, on our own payloads -------------------------------------------------
+
+
+def test_intraday_json_and_csv_lf_and_crlf():
+    js = parse_response(fixture("alphavantage/intraday_1min_MSFT.json"), symbol="MSFT", interval="1min")
+    lf = parse_response(fixture(IBM_CSV), symbol="IBM", interval="5min")
+    crlf = parse_response(fixture("alphavantage/intraday_5min_IBM_crlf.csv"), symbol="IBM", interval="5min")
+    assert len(js.bars) == len(lf.bars) == 100 and js.rejected == lf.rejected == []
+    assert js.bars[-1].ts == datetime(2024, 1, 31, 21, 0, tzinfo=UTC)  # 16:00 EST
+    assert lf.bars[-1].ts == datetime(2024, 2, 1, 0, 55, tzinfo=UTC)  # 19:55 EST
+    assert crlf.bars == lf.bars and not crlf.bars[-1].volume.endswith("\r")
+
+
+def test_daily_json_and_csv_start_at_new_york_midnight():
+    js = parse_response(fixture("alphavantage/daily_MSFT.json"), symbol="MSFT", interval="1day")
+    cs = parse_response(fixture("alphavantage/daily_IBM.csv"), symbol="IBM", interval="1day")
+    assert js.bars[-1].ts == cs.bars[-1].ts == datetime(2024, 1, 31, 5, tzinfo=UTC)  # EST midnight
+    assert js.bars[0].ts == cs.bars[0].ts == datetime(2023, 9, 14, 4, tzinfo=UTC)  # EDT midnight
+    assert len(js.bars) == len(cs.bars) == 100
+
+
 def test_byte_order_mark_is_ignored():
-    body = real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json")
+    body = fixture("alphavantage/intraday_1min_MSFT.json")
     assert (
         parse_response(BOM + body, symbol="MSFT", interval="1min").bars
         == parse_response(body, symbol="MSFT", interval="1min").bars
@@ -88,14 +130,24 @@ def test_byte_order_mark_is_ignored():
 
 
 def test_throttle_note_with_bom_is_rate_limited():
-    body = real("alphavantage_throttle_note_5_per_minute.json")
+    body = fixture("alphavantage/throttle_note.json")
     assert body.startswith(BOM)
     with pytest.raises(RateLimited) as info:
         parse_response(body, symbol="IBM", interval="5min")
     assert info.value.transient and not isinstance(info.value, QuotaExhausted)
 
 
+def test_real_throttle_note_with_bom_is_rate_limited():
+    with pytest.raises(RateLimited):
+        parse_response(real("alphavantage_throttle_note_5_per_minute.json"), symbol="IBM", interval="5min")
+
+
 def test_error_message_is_invalid_symbol():
+    with pytest.raises(InvalidSymbol):
+        parse_response(fixture("alphavantage/error_invalid_call.json"), symbol="IBM", interval="5min")
+
+
+def test_real_error_message_is_invalid_symbol():
     with pytest.raises(InvalidSymbol):
         parse_response(real("alphavantage_error_invalid_api_call_BOP.json"), symbol="IBM", interval="5min")
 
@@ -117,6 +169,7 @@ def test_error_message_is_invalid_symbol():
         (b"<html>gateway error</html>", PayloadError),
         (b"", PayloadError),
         (b"\xff\xfe\x00", PayloadError),
+        (b"timestamp,open,high,low,close,volume\r\n2024-01-02 10:00:00,1,2,0.5,1.5,10\r2024-01-02 10:05:00,1\n", PayloadError),
     ],
 )
 def test_error_bodies_are_typed(body, error):
@@ -126,7 +179,7 @@ def test_error_bodies_are_typed(body, error):
 
 def test_interval_mismatch_is_a_payload_error():
     with pytest.raises(PayloadError, match="asked for 5min"):
-        parse_response(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"), symbol="MSFT", interval="5min")
+        parse_response(fixture("alphavantage/intraday_1min_MSFT.json"), symbol="MSFT", interval="5min")
 
 
 def test_bad_rows_are_rejected_not_dropped():
@@ -136,7 +189,128 @@ def test_bad_rows_are_rejected_not_dropped():
     )
     r = parse_response(body, symbol="IBM", interval="5min")
     assert len(r.bars) == 1
-    assert sorted(x.reason for x in r.rejected) == ["bad timestamp", "missing field"]
+    assert [(x.key, x.reason, x.excerpt) for x in r.rejected] == [
+        ("not-a-time", BAD_TIMESTAMP, "not-a-time,1,2,0.5,1.5,10"),
+        ("2024-01-02 10:05:00", MISSING_FIELD, "2024-01-02 10:05:00,1,2"),
+    ]
+
+
+# --- integrity: nothing guessed, nothing conflicting, nothing about another symbol -------
+
+
+def test_spring_forward_gap_is_rejected_not_mapped_onto_the_real_hour():
+    # 00:00-04:55 New York every 5 minutes on 2024-03-10: 02:00-02:55 never existed
+    body = fixture("alphavantage/intraday_5min_IBM_spring_forward.json")
+    r = parse_response(body, symbol="IBM", interval="5min")
+    gap = [f"2024-03-10 02:{m:02d}:00" for m in range(55, -1, -5)]  # newest first, as in the payload
+    assert [(x.key, x.reason) for x in r.rejected] == [(k, NONEXISTENT_LOCAL_TIME) for k in gap]
+    assert r.rejected[0].excerpt.startswith('{"2024-03-10 02:55:00":{"1. open":"')
+    # the 48 real bars, each once, and 03:00-03:55 EDT (07:00-07:55Z) keep their own values
+    series = json.loads(body)["Time Series (5min)"]
+    assert len(r.bars) == 48 and len({b.ts for b in r.bars}) == 48
+    for b in r.bars:
+        local = b.ts.astimezone(NY).strftime("%Y-%m-%d %H:%M:%S")
+        assert series[local]["4. close"] == b.close, local
+    assert validate_bars(r.bars)[1] == []
+
+
+def test_fall_back_hour_is_rejected_as_ambiguous_in_both_copies():
+    # real instants 04:00-08:55Z in New York time: 01:00-01:55 appears twice (EDT, then EST)
+    r = parse_response(fixture("alphavantage/intraday_5min_IBM_fall_back.csv"), symbol="IBM", interval="5min")
+    assert len(r.rejected) == 24 and {x.reason for x in r.rejected} == {AMBIGUOUS_LOCAL_TIME}
+    assert sorted({x.key for x in r.rejected}) == [f"2024-11-03 01:{m:02d}:00" for m in range(0, 60, 5)]
+    assert r.rejected[0].excerpt.startswith("2024-11-03 01:55:00,") and r.rejected[0].excerpt.count(",") == 5
+    stamps = [b.ts for b in r.bars]
+    expected = [datetime(2024, 11, 3, 4, tzinfo=UTC) + timedelta(minutes=5 * k) for k in range(60)]
+    assert stamps == [t for t in expected if not datetime(2024, 11, 3, 5) <= t.replace(tzinfo=None) < datetime(2024, 11, 3, 7)]
+    assert len(stamps) == 36  # 00:00-00:55 EDT and 02:00-03:55 EST
+
+
+def test_repeated_json_keys_with_different_values_are_rejected_identical_ones_kept_once():
+    r = parse_response(fixture("alphavantage/intraday_1min_MSFT_repeated_keys.json"), symbol="MSFT", interval="1min")
+    assert [(x.key, x.reason) for x in r.rejected] == [("2024-01-31 15:59:00", REPEATED_KEY)] * 2
+    assert r.rejected[0].excerpt == (
+        '{"2024-01-31 15:59:00":{"1. open":"397.9000","2. high":"398.1000","3. low":"397.8000",'
+        '"4. close":"398.0000","5. volume":"12345"}}'
+    )
+    assert r.rejected[1].excerpt != r.rejected[0].excerpt and r.rejected[1].excerpt.startswith('{"2024-01-31 15:59:00":')
+    local = [b.ts.astimezone(NY).strftime("%H:%M") for b in r.bars]
+    assert local == ["15:51", "15:52", "15:53", "15:54", "15:55", "15:56", "15:57", "15:58", "16:00"]
+    assert validate_bars(r.bars) == (r.bars, [])
+
+
+def _series_json(records: str, symbol: str = "IBM", meta_extra: str = "") -> bytes:
+    """A small intraday JSON body written as text, so that keys may repeat."""
+    meta = f'"2. Symbol": "{symbol}", "4. Interval": "5min", {meta_extra}"6. Time Zone": "US/Eastern"'
+    return f'{{"Meta Data": {{{meta}}}, "Time Series (5min)": {{{records}}}}}'.encode()
+
+
+GOOD = '{"1. open": "1.5", "2. high": "2", "3. low": "1", "4. close": "1.5", "5. volume": "10"}'
+
+
+def test_a_field_repeated_with_different_values_rejects_the_record():
+    body = _series_json(
+        '"2024-01-02 10:05:00": {"1. open": "1.5", "1. open": "1.9", "2. high": "2", "3. low": "1", "4. close": "1.5",'
+        ' "5. volume": "10"}, "2024-01-02 10:00:00": ' + GOOD
+    )
+    r = parse_response(body, symbol="IBM", interval="5min")
+    assert [b.ts for b in r.bars] == [datetime(2024, 1, 2, 15, 0, tzinfo=UTC)]
+    assert [(x.key, x.reason) for x in r.rejected] == [("2024-01-02 10:05:00", REPEATED_FIELD)]
+
+
+def test_a_field_repeated_identically_is_harmless():
+    body = _series_json('"2024-01-02 10:00:00": {"1. open": "1.5", ' + GOOD[1:])
+    r = parse_response(body, symbol="IBM", interval="5min")
+    assert len(r.bars) == 1 and r.rejected == []
+
+
+def test_meta_data_repeating_the_symbol_differently_is_a_payload_error():
+    body = _series_json('"2024-01-02 10:00:00": ' + GOOD, meta_extra='"2. Symbol": "MSFT", ')
+    with pytest.raises(PayloadError, match="repeated with different values"):
+        parse_response(body, symbol="IBM", interval="5min")
+
+
+@pytest.mark.parametrize("asked", ["IBM", "MSFT.LON", "MSF"])
+def test_a_reply_about_another_symbol_fails_and_returns_nothing(asked):
+    with pytest.raises(PayloadError) as info:
+        parse_response(
+            fixture("alphavantage/intraday_1min_MSFT.json"), symbol=asked, interval="1min", url="http://x/q?apikey=***"
+        )
+    err = info.value
+    assert not err.transient and (err.provider, err.symbol, err.url) == ("alphavantage", asked, "http://x/q?apikey=***")
+    assert "'MSFT'" in str(err) and asked in str(err)
+
+
+def test_the_symbol_check_ignores_case_and_padding():
+    body = fixture("alphavantage/intraday_1min_MSFT.json").replace(b'"2. Symbol": "MSFT"', b'"2. Symbol": " msft "')
+    assert len(parse_response(body, symbol="MSFT", interval="1min").bars) == 100
+
+
+def test_a_reply_about_another_symbol_is_not_retried_and_loads_nothing(replay):
+    srv = replay([ok(fixture("alphavantage/intraday_1min_MSFT.json"))])
+    with pytest.raises(PayloadError) as info:
+        make(srv.url, sleeps=[]).fetch_bars("IBM", "1min")
+    assert len(srv.requests) == 1 and info.value.symbol == "IBM" and "apikey=***" in info.value.url
+
+
+def test_json_numbers_and_odd_records_are_rejected_not_crashing():
+    body = _series_json(
+        '"2024-01-02 10:10:00": "junk", "2024-01-02 10:05:00": {"1. open": 1.5, "2. high": 2, "3. low": 1,'
+        ' "4. close": 1.5, "5. volume": 10}, "2024-01-02 10:00:00": ' + GOOD
+    )
+    r = parse_response(body, symbol="IBM", interval="5min")
+    junk = ("2024-01-02 10:10:00", MISSING_FIELD, '{"2024-01-02 10:10:00":"junk"}')
+    assert [(x.key, x.reason, x.excerpt) for x in r.rejected] == [junk]
+    good, rejected = validate_bars(r.bars)
+    assert len(good) == 1 and [x.reason for x in rejected] == ["non-numeric value"]
+
+
+def test_local_times_of_the_reply_zone_follow_its_rules():
+    # a reply in another zone is converted with that zone's switches (Warsaw: 2024-03-31 02:00-02:59 never existed)
+    body = _series_json(f'"2024-03-31 02:30:00": {GOOD}, "2024-03-31 01:55:00": {GOOD}').replace(b"US/Eastern", b"Europe/Warsaw")
+    r = parse_response(body, symbol="IBM", interval="5min")
+    assert [x.reason for x in r.rejected] == [NONEXISTENT_LOCAL_TIME]
+    assert [b.ts for b in r.bars] == [local_to_utc("2024-03-31 01:55:00", zone("Europe/Warsaw"))]
 
 
 # --- bar labels: the evidence in the recordings ---------------------------------------
@@ -183,7 +357,7 @@ def test_2026_recording_is_start_labelled():
 
 
 def test_request_parameters(replay):
-    srv = replay([ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"), "text/csv")])
+    srv = replay([ok(fixture(IBM_CSV), "text/csv")])
     make(srv.url, datatype="csv", outputsize="full", extended_hours=False, month="2026-05").fetch_bars("IBM", "5min")
     make(srv.url).fetch_bars("IBM", "1day")  # daily function (the CSV parses as dates too)
     (_, intraday), (_, daily) = srv.requests
@@ -201,8 +375,8 @@ def test_request_parameters(replay):
 
 
 def test_throttle_payload_is_retried_then_succeeds(replay):
-    note = ok(real("alphavantage_throttle_note_5_per_minute.json"))
-    srv = replay([note, note, ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"), "text/csv")])
+    note = ok(fixture("alphavantage/throttle_note.json"))
+    srv = replay([note, note, ok(fixture(IBM_CSV), "text/csv")])
     sleeps = []
     assert len(make(srv.url, sleeps=sleeps).fetch_bars("IBM", "5min").bars) == 100
     assert len(srv.requests) == 3 and len(sleeps) == 2
@@ -210,14 +384,14 @@ def test_throttle_payload_is_retried_then_succeeds(replay):
 
 
 def test_throttle_beyond_attempts_raises_rate_limited(replay):
-    srv = replay([ok(real("alphavantage_throttle_note_5_per_minute.json"))])
+    srv = replay([ok(fixture("alphavantage/throttle_note.json"))])
     with pytest.raises(RateLimited):
         make(srv.url, sleeps=[]).fetch_bars("IBM", "5min")
     assert len(srv.requests) == FAST.max_attempts
 
 
 def test_http_429_honours_retry_after(replay):
-    srv = replay([(429, {"Retry-After": "1"}, b"slow down"), ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"))])
+    srv = replay([(429, {"Retry-After": "1"}, b"slow down"), ok(fixture(IBM_CSV))])
     sleeps = []
     make(
         srv.url,
@@ -290,23 +464,23 @@ def test_quota_exhausted_is_not_retried_in_cycle(replay):
 
 
 def test_watermark_gap_is_backfilled_with_full_output(replay):
-    compact = real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv")  # 11:40-19:55 EDT
+    compact = fixture(IBM_CSV)  # 11:40-19:55 EST
     full = b"timestamp,open,high,low,close,volume\r\n" + b"".join(
-        f"2026-05-15 {h:02d}:{m:02d}:00,1,2,0.5,1.5,10\r\n".encode() for h in range(19, 3, -1) for m in range(55, -1, -5)
+        f"2024-01-31 {h:02d}:{m:02d}:00,1,2,0.5,1.5,10\r\n".encode() for h in range(19, 3, -1) for m in range(55, -1, -5)
     )
     srv = replay(lambda _p, q: ok(full if q["outputsize"] == "full" else compact, "text/csv"))
     p = make(srv.url)
-    recent = datetime(2026, 5, 15, 23, 50, tzinfo=UTC)  # inside the compact window: one request
+    recent = datetime(2024, 2, 1, 0, 50, tzinfo=UTC)  # 19:50 EST, inside the compact window: one request
     assert len(p.fetch_bars("IBM", "5min", since=recent).bars) == 100 and len(srv.requests) == 1
-    old = datetime(2026, 5, 15, 12, 0, tzinfo=UTC)  # 08:00 EDT, before the compact window: backfill
+    old = datetime(2024, 1, 31, 13, 0, tzinfo=UTC)  # 08:00 EST, before the compact window: backfill
     got = p.fetch_bars("IBM", "5min", since=old).bars
     assert [q["outputsize"] for _, q in srv.requests[1:]] == ["compact", "full"]
-    assert got[0].ts == datetime(2026, 5, 15, 8, 0, tzinfo=UTC) and len(got) == 192
+    assert got[0].ts == datetime(2024, 1, 31, 9, 0, tzinfo=UTC) and len(got) == 192
 
 
 def test_proxy_from_the_environment_is_still_honoured(replay, monkeypatch):
     # the HTTP client resolves proxy settings once per endpoint instead of on every request
-    proxy = replay([ok(real("alphavantage_intraday_5min_IBM_compact_2026-05-15.csv"), "text/csv")])
+    proxy = replay([ok(fixture(IBM_CSV), "text/csv")])
     monkeypatch.setenv("HTTP_PROXY", proxy.server.url)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)

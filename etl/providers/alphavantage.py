@@ -16,6 +16,11 @@ recordings listed in shared/data/real/PROVENANCE.md):
   an invalid call or symbol (:class:`~errors.InvalidSymbol`). Bodies may start with a
   UTF-8 byte-order mark.
 
+Integrity (see :func:`parse_response`): a reply about another symbol fails the request;
+records that cannot become bars (a bad, nonexistent or ambiguous local time, a missing
+field, a timestamp repeated with different values) are returned as rejections, never
+guessed at.
+
 Bar labels: whether an intraday timestamp names the start or the end of its bar
 changed over the years, and the recordings show both (see ``docs/alphavantage.md``):
 2019-2020 captures are end-labelled (sessions run 04:01-20:00 and 09:35-16:00; the
@@ -41,12 +46,22 @@ from typing import TYPE_CHECKING
 import requests
 
 from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
-from etl.http import HttpClient
+from etl.http import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOTAL_TIMEOUT_SECONDS, HttpClient
 from etl.metrics import RETRIES, THROTTLES
 from etl.providers.base import FetchResult, Provider
 from etl.providers.registry import register
 from etl.retry import Retrier, RetryPolicy
-from etl.transform import LocalToUtc, Rejection, date_to_utc, zone
+from etl.transform import (
+    AMBIGUOUS_LOCAL_TIME,
+    NONEXISTENT_LOCAL_TIME,
+    AmbiguousLocalTime,
+    LocalToUtc,
+    NonexistentLocalTime,
+    Rejection,
+    date_to_utc,
+    excerpt,
+    zone,
+)
 from models.bar import Bar, interval_seconds
 
 if TYPE_CHECKING:
@@ -76,6 +91,11 @@ MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _BOM = b"\xef\xbb\xbf"
 _FIELDS = ("1. open", "2. high", "3. low", "4. close", "5. volume")
 DEFAULT_ZONE = "US/Eastern"
+#: Rejection reasons of the parser (besides the local-time ones of :mod:`etl.transform`).
+MISSING_FIELD = "missing field"
+BAD_TIMESTAMP = "bad timestamp"
+REPEATED_KEY = "conflict: timestamp key repeated with different values"
+REPEATED_FIELD = "conflict: field repeated with different values"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +111,8 @@ class AlphaVantageConfig:
     bar_label: str = "start"  # do intraday timestamps label the bar start or end?
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 30.0
+    total_timeout_seconds: float = DEFAULT_TOTAL_TIMEOUT_SECONDS  # one deadline per request, end to end
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry: RetryPolicy = RetryPolicy()
 
     def __post_init__(self) -> None:
@@ -155,21 +177,52 @@ def parse_response(
 ) -> FetchResult:
     """Parse a TIME_SERIES_INTRADAY / TIME_SERIES_DAILY body (JSON or CSV, detected from the content).
 
-    Returns bars oldest first with UTC bar starts; raises the typed error for an error
-    body and :class:`~errors.PayloadError` for anything that is not the documented format.
+    Returns the bars oldest first with UTC bar starts (not yet validated: see
+    :func:`etl.transform.validate_bars`), and in ``rejected`` every record that could not become
+    a bar, with its raw timestamp, a reason and an excerpt (compact JSON or the CSV line, at most
+    200 characters):
+
+    - ``"missing field"``: a value is absent or empty, or the record is not an object / 6 fields;
+    - ``"bad timestamp"``: not a naive ISO date-time (date, for daily series);
+    - ``"nonexistent local time (DST gap)"``: skipped by a spring-forward switch in the reply's
+      zone (``2024-03-10 02:30:00`` New York); never moved onto the real 03:30;
+    - ``"ambiguous local time (DST fall-back)"``: in the repeated autumn hour (``2024-11-03
+      01:30:00`` New York). Rejected rather than resolved: a reply gives no reliable way to tell
+      the first 01:30 from the second, and a wrong guess would overwrite the other bar;
+    - ``"conflict: timestamp key repeated with different values"``: a JSON series key that
+      occurs more than once with different records; every copy is rejected (identical copies
+      make one bar). CSV rows repeating a timestamp become bars and meet the same rule in
+      :func:`~etl.transform.validate_bars`;
+    - ``"conflict: field repeated with different values"``: a JSON record naming a field twice.
+
+    Raises the typed error for an error body, and :class:`~errors.PayloadError` (terminal, with
+    ``provider``, ``symbol`` and ``url``) for anything that is not the documented format,
+    including a JSON reply whose ``Meta Data`` names a symbol (``"2. Symbol"``) other than
+    ``symbol`` (compared without case and surrounding spaces): then nothing is returned (CSV
+    replies carry no symbol). That is a ``PayloadError`` rather than :class:`~errors.InvalidSymbol`
+    because the symbol asked for may well be valid: the reply is what is broken (about another
+    instrument: a mixed-up gateway or cache), and telling the user to drop a good symbol would be wrong.
     """
     text = _decode(body)
     stripped = text.lstrip()
     ctx = {"provider": provider, "symbol": symbol, "url": url}
     if stripped.startswith("{"):
+        repeated: list[tuple[dict, list]] = []
+
+        def pairs_hook(pairs: list) -> dict:
+            obj = dict(pairs)
+            if len(obj) != len(pairs):  # a key occurs twice: keep every copy for _parse_json to judge
+                repeated.append((obj, pairs))
+            return obj
+
         try:
-            obj = json.loads(stripped)
+            obj = json.loads(stripped, object_pairs_hook=pairs_hook)
         except ValueError as exc:
             raise PayloadError(f"{provider}: malformed JSON for {symbol}: {exc}", **ctx) from None
         err = classify_error(obj, provider=provider, symbol=symbol, url=url)
         if err is not None:
             raise err
-        return _parse_json(obj, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
+        return _parse_json(obj, repeated, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
     if not stripped:
         raise PayloadError(f"{provider}: empty body for {symbol}", **ctx)
     return _parse_csv(text, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
@@ -179,11 +232,28 @@ def _shift(interval: str, bar_label: str) -> timedelta:
     return -timedelta(seconds=interval_seconds(interval)) if bar_label == "end" else timedelta(0)
 
 
-def _parse_json(obj: dict, *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
+def _parse_json(obj: dict, repeated: list[tuple[dict, list]], *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
     meta = obj.get("Meta Data")
     series_keys = [k for k in obj if k.startswith("Time Series")]
     if not isinstance(meta, dict) or len(series_keys) != 1 or not isinstance(obj[series_keys[0]], dict):
         raise PayloadError(f"{provider}: unexpected JSON keys {sorted(obj)[:5]} for {symbol}", **ctx)
+    series = obj[series_keys[0]]
+    conflicts: dict[str, list] = {}
+    bad_records: set[int] = set()
+    for d, pairs in repeated:
+        differing = _differing(pairs)
+        if not differing:
+            continue  # every repeated key carries identical values: one copy is the same as all
+        if d is series:
+            conflicts = differing
+        elif d is obj or d is meta:
+            keys = sorted(differing)[:3]
+            raise PayloadError(f"{provider}: JSON key(s) {keys} repeated with different values for {symbol}", **ctx)
+        else:
+            bad_records.add(id(d))
+    reply_symbol = next((v for k, v in meta.items() if k.endswith(". Symbol")), None)
+    if reply_symbol is not None and str(reply_symbol).strip().upper() != symbol.strip().upper():
+        raise PayloadError(f"{provider}: asked for {symbol}, the reply is for {reply_symbol!r}; nothing loaded", **ctx)
     zone_name = next((v for k, v in meta.items() if k.endswith("Time Zone")), DEFAULT_ZONE)
     av_interval = next((v for k, v in meta.items() if k.endswith(". Interval")), None)
     expected = AV_INTERVALS[interval]
@@ -193,50 +263,103 @@ def _parse_json(obj: dict, *, symbol, interval, provider, bar_label, ctx) -> Fet
         tz = zone(zone_name)
     except Exception:
         raise PayloadError(f"{provider}: unknown time zone {zone_name!r} for {symbol}", **ctx) from None
-    f1, f2, f3, f4, f5 = _FIELDS
-    rows = [
-        (key, (rec.get(f1), rec.get(f2), rec.get(f3), rec.get(f4), rec.get(f5)) if isinstance(rec, dict) else None)
-        for key, rec in obj[series_keys[0]].items()
-    ]
-    return _build(rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label))
+    try:  # every record an object with the five fields: itemgetter is C-fast
+        rows = [(key, _PICK(rec), rec) for key, rec in series.items()]
+    except (KeyError, TypeError, IndexError):
+        f1, f2, f3, f4, f5 = _FIELDS
+        rows = [
+            (key, (rec.get(f1), rec.get(f2), rec.get(f3), rec.get(f4), rec.get(f5)) if isinstance(rec, dict) else None, rec)
+            for key, rec in series.items()
+        ]
+    early: list[Rejection] = []
+    if conflicts or bad_records:
+        keep = []
+        for row in rows:
+            key, _, rec = row
+            if key in conflicts:
+                early.extend(Rejection(symbol, key, REPEATED_KEY, _json_excerpt(key, copy)) for copy in conflicts[key])
+            elif id(rec) in bad_records:
+                early.append(Rejection(symbol, key, REPEATED_FIELD, _json_excerpt(key, rec)))
+            else:
+                keep.append(row)
+        rows = keep
+    result = _build(
+        rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label), render=_json_excerpt
+    )
+    result.rejected[:0] = early
+    return result
+
+
+def _differing(pairs: list) -> dict[str, list]:
+    """The keys of one JSON object's ``pairs`` that occur more than once with different values: key -> every value."""
+    copies: dict[str, list] = {}
+    for key, value in pairs:
+        copies.setdefault(key, []).append(value)
+    return {k: vs for k, vs in copies.items() if len(vs) > 1 and any(v != vs[0] for v in vs[1:])}
+
+
+def _json_excerpt(key: str, rec: object) -> str:
+    return excerpt(json.dumps({key: rec}, separators=(",", ":"), ensure_ascii=False))
+
+
+def _csv_excerpt(_key: str, rec: list[str]) -> str:
+    return excerpt(",".join(rec))
 
 
 def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
     reader = csv.reader(io.StringIO(text))
-    header = [h.strip().lower() for h in next(reader, [])]
-    if header[:1] not in (["timestamp"], ["time"]) or header[1:6] != ["open", "high", "low", "close", "volume"]:
-        raise PayloadError(f"{provider}: unexpected CSV header {header[:6]} for {symbol}", **ctx)
     rows = []
-    for rec in reader:
-        if not rec:
-            continue
-        rows.append((rec[0], tuple(v.strip() for v in rec[1:6]) if len(rec) >= 6 else None))
+    try:
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header[:1] not in (["timestamp"], ["time"]) or header[1:6] != ["open", "high", "low", "close", "volume"]:
+            raise PayloadError(f"{provider}: unexpected CSV header {header[:6]} for {symbol}", **ctx)
+        for rec in reader:
+            if not rec:
+                continue
+            rows.append((rec[0], tuple(map(str.strip, rec[1:6])) if len(rec) >= 6 else None, rec))
+    except csv.Error as exc:  # e.g. a bare carriage return inside a line
+        raise PayloadError(f"{provider}: malformed CSV for {symbol}: {exc}", **ctx) from None
     return _build(
-        rows, symbol=symbol, interval=interval, provider=provider, tz=zone(DEFAULT_ZONE), shift=_shift(interval, bar_label)
+        rows,
+        symbol=symbol,
+        interval=interval,
+        provider=provider,
+        tz=zone(DEFAULT_ZONE),
+        shift=_shift(interval, bar_label),
+        render=_csv_excerpt,
     )
 
 
-def _build(rows, *, symbol, interval, provider, tz, shift) -> FetchResult:
+def _build(rows, *, symbol, interval, provider, tz, shift, render) -> FetchResult:
+    """Bars from ``(raw timestamp, 5 values or None, raw record)`` rows; ``render(key, raw)`` makes excerpts."""
     result = FetchResult(symbol)
     bars, rejected = result.bars, result.rejected
     daily = interval == "1day"
     to_utc = LocalToUtc(tz, shift)
-    for key, values in rows:
+    for key, values, raw in rows:
         if values is None or len(values) != 5 or not all(values):
-            rejected.append(Rejection(symbol, str(key), "missing field"))
+            rejected.append(Rejection(symbol, str(key), MISSING_FIELD, render(key, raw)))
             continue
         try:
             ts = date_to_utc(date.fromisoformat(key[:10]), tz) if daily else to_utc(key)
-        except (ValueError, TypeError):
-            rejected.append(Rejection(symbol, str(key), "bad timestamp"))
+        except NonexistentLocalTime:
+            rejected.append(Rejection(symbol, key, NONEXISTENT_LOCAL_TIME, render(key, raw)))
             continue
-        o, h, l, c, v = values  # validated later (validate_bars): non-strings are rejected there
-        bars.append(Bar(provider, symbol, interval, ts, o, h, l, c, v))
+        except AmbiguousLocalTime:
+            rejected.append(Rejection(symbol, key, AMBIGUOUS_LOCAL_TIME, render(key, raw)))
+            continue
+        except (ValueError, TypeError):
+            rejected.append(Rejection(symbol, str(key), BAD_TIMESTAMP, render(key, raw)))
+            continue
+        # values are validated later (validate_bars): non-strings are rejected there
+        bars.append(_new_tuple(Bar, (provider, symbol, interval, ts, *values)))  # Bar(...) without its Python __new__
     bars.sort(key=_TS)
     return result
 
 
 _TS = operator.attrgetter("ts")
+_PICK = operator.itemgetter(*_FIELDS)
+_new_tuple = tuple.__new__
 
 
 @register
@@ -275,6 +398,8 @@ class AlphaVantageProvider(Provider):
             bar_label=settings.alpha_vantage_bar_label,
             connect_timeout_seconds=settings.http_connect_timeout_seconds,
             read_timeout_seconds=settings.http_read_timeout_seconds,
+            total_timeout_seconds=settings.http_total_timeout_seconds,
+            max_response_bytes=settings.http_max_response_bytes,
             retry=settings.retry_policy,
         )
 
@@ -299,6 +424,8 @@ class AlphaVantageProvider(Provider):
                 self._session or requests.Session(),
                 connect_timeout_seconds=self.config.connect_timeout_seconds,
                 read_timeout_seconds=self.config.read_timeout_seconds,
+                total_timeout_seconds=self.config.total_timeout_seconds,
+                max_response_bytes=self.config.max_response_bytes,
             )
             self._local.client = client
         return client
