@@ -8,34 +8,53 @@ python main.py --run-scheduled-jobs
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
+import signal
 import threading
 
-from dotenv import find_dotenv, load_dotenv
+#: Set by the first SIGINT/SIGTERM. Installed before the heavy imports below, so a signal that
+#: arrives while marketpoll is still starting up is a graceful stop (exit 0), not a kill (143).
+STOP = threading.Event()
+if __name__ == "__main__":
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_sig, lambda _signum, _frame: STOP.set())
 
-import cli
-from app import App
-from db import describe_url
-from errors import ConfigError, LoadError, SchedulingError
-from etl.redact import RedactingFormatter, Redactor
-from scheduler import install_signal_handlers
-from scheduler.shutdown import exit_now_if_threads_linger, pipeline_deadline_seconds
-from scheduler.systemd import Notifier
-from settings import Settings
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from dotenv import find_dotenv, load_dotenv  # noqa: E402
+from pythonjsonlogger.json import JsonFormatter  # noqa: E402
+
+import cli  # noqa: E402
+from app import App  # noqa: E402
+from db import describe_url  # noqa: E402
+from errors import ConfigError, LoadError, SchedulingError  # noqa: E402
+from etl.redact import RedactingFormatter, Redactor  # noqa: E402
+from scheduler import install_signal_handlers  # noqa: E402
+from scheduler.shutdown import exit_now_if_threads_linger, pipeline_deadline_seconds  # noqa: E402
+from scheduler.systemd import Notifier  # noqa: E402
+from settings import Settings  # noqa: E402
 
 log = logging.getLogger("marketpoll")
 
 
-def configure_logging(level: str, redactor: Redactor) -> None:
-    """One stderr handler; every line (tracebacks included) goes through the redactor."""
+def configure_logging(level: str, redactor: Redactor, fmt: str = "text") -> None:
+    """One stderr handler; every line (tracebacks included) goes through the redactor.
+
+    ``fmt="json"``: one JSON object per line (``time``, ``level``, ``logger``, ``message``, and
+    ``exc_info`` for tracebacks), for journald and log shippers.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", redactor))
+    if fmt == "json":
+        inner = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                              rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})  # fmt: skip
+    else:
+        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(RedactingFormatter(inner, redactor))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default"):
+    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default", "pyrate_limiter"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -79,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return cli.EXIT_USAGE
     redactor = Redactor([settings.alpha_vantage_api_key, settings.marketpoll_api_token, args.api_token])
-    configure_logging(settings.log_level, redactor)
-    stop = threading.Event()
+    configure_logging(settings.log_level, redactor, settings.log_format)
+    stop = STOP
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
-    install_signal_handlers(stop, shutdown_timeout_seconds=args.shutdown_timeout, on_stop=notifier.stopping)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(stop, shutdown_timeout_seconds=args.shutdown_timeout, on_stop=notifier.stopping)
+    if stop.is_set():
+        log.warning("stopped by a signal during start-up: nothing was started")
+        return cli.EXIT_OK
     app = None
     code = cli.EXIT_INTERNAL
     try:
@@ -95,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except LoadError as exc:
         log.error("database %s unavailable: %s", describe_url(settings.database_url), redactor(str(exc)))
         code = cli.EXIT_UNAVAILABLE
+    except BrokenPipeError:  # `main.py --show-scheduled-jobs | head`: the reader has gone, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = cli.EXIT_OK
     except Exception:  # a bug: say so with the (redacted) traceback, never as "bad input"
         log.exception("unexpected error")
         code = cli.EXIT_INTERNAL

@@ -29,19 +29,21 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from db.engine import is_postgres, translate_db_errors
+from db.ledger import CREDIT_SQL, credit_statement
 from db.queries import WATERMARKS_SQL
 from db.tables import BAR_KEY, BAR_VALUES, bars
 from errors import LoadError
 from etl.transform import dedupe_bars
 from models.bar import Bar
 
-__all__ = ["BarLoader", "PostgresBarLoader", "SqlAlchemyBarLoader", "make_loader", "copy_text"]
+__all__ = ["BarLoader", "PostgresBarLoader", "SqlAlchemyBarLoader", "make_loader", "copy_text", "Credit"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,27 @@ GROUP BY provider, symbol, interval
 Series = tuple[str, str, str]  # (provider, symbol, interval)
 
 
+class Credit(NamedTuple):
+    """What a batch's symbol brings to its cycle's ``etl_runs`` row when it commits (see :mod:`db.ledger`)."""
+
+    run_id: int
+    rows_fetched: int
+    rows_rejected: int
+
+
+def _credits_by_run(credits: Sequence[Credit | None], counts: Sequence[int]) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for credit, loaded in zip(credits, counts, strict=True):
+        if credit is None:
+            continue
+        t = out.setdefault(credit.run_id, {"symbols": 0, "fetched": 0, "loaded": 0, "rejected": 0})
+        t["symbols"] += 1
+        t["fetched"] += credit.rows_fetched
+        t["loaded"] += loaded
+        t["rejected"] += credit.rows_rejected
+    return out
+
+
 def copy_text(rows: Sequence[Bar]) -> str:
     """PostgreSQL COPY text format for ``rows`` (columns in ``BAR_KEY + BAR_VALUES`` order).
 
@@ -105,40 +128,48 @@ class BarLoader(ABC):
             raise result
         return result
 
-    def load_many(self, batches: Sequence[Sequence[Bar]]) -> list[int | LoadError]:
+    def load_many(
+        self, batches: Sequence[Sequence[Bar]], *, credits: Sequence[Credit | None] | None = None
+    ) -> list[int | LoadError]:
         """Upsert several batches, each all or none; one result per batch (a count or its error).
 
         Tries one transaction for the whole group; if it fails, loads each batch in its own.
+        ``credits`` (one per batch, or None) are added to their cycles' ``etl_runs`` rows in the
+        transaction that commits the batch, so the ledger never runs behind or ahead of ``bars``.
         """
         batches = [dedupe_bars(b) for b in batches]
+        credits = list(credits) if credits is not None else [None] * len(batches)
         if len(batches) > 1:
             try:
-                return self._load_group(batches)
+                return self._load_group(batches, credits)
             except LoadError as exc:
                 log.warning("group load of %d batches failed (%s); loading them one by one", len(batches), exc)
         out: list[int | LoadError] = []
-        for batch in batches:
+        for batch, credit in zip(batches, credits, strict=True):
             try:
-                out.append(self._load_group([batch])[0])
+                out.append(self._load_group([batch], [credit])[0])
             except LoadError as exc:
                 out.append(exc)
         return out
 
     @abstractmethod
-    def _load_group(self, batches: list[list[Bar]]) -> list[int]:
-        """Write deduplicated ``batches`` (distinct series) in one transaction; per-batch counts."""
+    def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
+        """Write deduplicated ``batches`` (distinct series) and their ``credits`` in one transaction; per-batch counts."""
 
 
 class PostgresBarLoader(BarLoader):
     """The COPY + diff path described in the module docstring."""
 
-    def _load_group(self, batches: list[list[Bar]]) -> list[int]:
-        if not any(batches):
-            return [0] * len(batches)
+    def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
         with translate_db_errors("loading bars"):
             conn = self.engine.raw_connection()
             try:
-                written = self._write(conn, [b for batch in batches for b in batch])
+                written = self._write(conn, [b for batch in batches for b in batch]) if any(batches) else Counter()
+                counts = [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
+                if any(c is not None for c in credits):
+                    cur = conn.cursor()
+                    for run_id, t in _credits_by_run(credits, counts).items():
+                        cur.execute(CREDIT_SQL, {"run_id": run_id, **t})
                 conn.commit()
             except BaseException:
                 try:
@@ -148,7 +179,7 @@ class PostgresBarLoader(BarLoader):
                 raise
             finally:
                 conn.close()
-        return [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
+        return counts
 
     def _write(self, conn, rows: list[Bar]) -> Counter[Series]:
         cur = conn.cursor()
@@ -195,7 +226,7 @@ class SqlAlchemyBarLoader(BarLoader):
             where=sa.or_(*(bars.c[v].is_distinct_from(excluded[v]) for v in BAR_VALUES)),
         )
 
-    def _load_group(self, batches: list[list[Bar]]) -> list[int]:
+    def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
         out = []
         with translate_db_errors("loading bars"), self.engine.begin() as conn:
             for batch in batches:
@@ -205,6 +236,8 @@ class SqlAlchemyBarLoader(BarLoader):
                 before = conn.exec_driver_sql("SELECT total_changes()").scalar()
                 conn.execute(self._stmt, [_params(b) for b in batch])
                 out.append(conn.exec_driver_sql("SELECT total_changes()").scalar() - before)
+            for run_id, t in _credits_by_run(credits, out).items():
+                conn.execute(credit_statement(run_id, **t))
         return out
 
 

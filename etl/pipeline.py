@@ -6,10 +6,21 @@ every batch that has arrived since the last write in one group transaction (see
 :meth:`etl.load.BarLoader.load_many`): a symbol's bars land all or none, and at most
 ``workers`` fetched batches wait in memory.
 
-A symbol's failure (invalid symbol, throttled past the provider's retries, malformed
-payload, a failed load) is recorded and the other symbols go on; rows already loaded are
-never touched by a later failure. The cycle's ``etl_runs`` row is written at the start
-(``running``) and at the end.
+A symbol's failure (invalid symbol, throttled past its retry budget, malformed payload,
+a failed load) is recorded and the other symbols go on; rows already loaded are never
+touched by a later failure. Bounded everywhere:
+
+- each symbol has one :class:`~etl.retry.RetryBudget` per cycle (``retry_attempts``
+  requests, ``retry_budget_seconds`` of waits), shared by the provider's retries and the
+  cycle's extra passes;
+- when a load fails because the database is unreachable, no further fetch starts: the
+  symbols not yet fetched are reported as not attempted, instead of being fetched for nothing;
+- a cycle that runs longer than :data:`PROGRESS_EVERY_SECONDS` logs its progress.
+
+The ledger (``etl_runs``) is honest at every instant: the row is written at the start,
+each load transaction adds its own counts to it as it commits, and the final status is
+written at the end. A cycle that cannot be recorded (database down) is kept by the
+ledger and recorded when the database returns. Rejected records go to ``rejected_bars``.
 """
 
 from __future__ import annotations
@@ -21,33 +32,42 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
 
+import sqlalchemy as sa
+
 from clock import Clock, SystemClock
+from db.engine import translate_db_errors
 from db.ledger import RunLedger
 from db.queries import watermarks
+from db.rejects import RejectStore
 from errors import ConfigError, LoadError, MarketpollError
 from etl import metrics
-from etl.load import BarLoader
+from etl.load import BarLoader, Credit
 from etl.providers.base import Provider
-from etl.transform import validate_bars
+from etl.retry import RetryBudget, human_seconds, retry_budget
+from etl.transform import Rejection, validate_bars
 from models.bar import Bar
 from models.run import CycleResult, SymbolOutcome
 
-__all__ = ["EtlPipeline", "RETRY_IN_CYCLE_MAX_WAIT_SECONDS"]
+__all__ = ["EtlPipeline", "PROGRESS_EVERY_SECONDS"]
 
 log = logging.getLogger(__name__)
 
-#: A transient failure whose retry hint is longer than this (seconds; a daily quota) waits for a later cycle.
-RETRY_IN_CYCLE_MAX_WAIT_SECONDS = 60.0
+#: A cycle still running after this many seconds logs its progress, and again as often.
+PROGRESS_EVERY_SECONDS = 5.0
+
+_Fetched = tuple[SymbolOutcome, list[Bar], list[Rejection]]
 
 
 class EtlPipeline:
     """Runs cycles: ``provider`` → :func:`~etl.transform.validate_bars` → ``loader``, recorded by ``ledger``.
 
     - ``workers``: fetch threads (>= 1).
+    - ``retry_attempts`` / ``retry_budget_seconds``: each symbol's retry budget per cycle
+      (requests, and seconds of retry waits).
     - ``redact`` cleans every error text before it is logged or stored.
     - ``stop`` (an Event, set by a signal): start no new symbol; batches already fetched
       are still loaded, fetches still running after ``shutdown_timeout_seconds`` are
-      abandoned, and the cycle is recorded as ``interrupted``.
+      abandoned, and the cycle is recorded as ``interrupted`` if any symbol was left undone.
     """
 
     def __init__(
@@ -61,9 +81,14 @@ class EtlPipeline:
         stop: threading.Event | None = None,
         workers: int = 1,
         shutdown_timeout_seconds: float = 30.0,
+        retry_attempts: int = 4,
+        retry_budget_seconds: float = 60.0,
+        rejects: RejectStore | None = None,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}", name="workers", value=workers)
+        if retry_attempts < 1:
+            raise ConfigError(f"retry attempts must be >= 1, got {retry_attempts}", name="retry_attempts", value=retry_attempts)
         self.provider = provider
         self.loader = loader
         self.ledger = ledger
@@ -72,26 +97,33 @@ class EtlPipeline:
         self.stop = stop or threading.Event()
         self.workers = workers
         self.shutdown_timeout_seconds = shutdown_timeout_seconds
+        self.retry_attempts = retry_attempts
+        self.retry_budget_seconds = retry_budget_seconds
+        self.rejects = rejects if rejects is not None else RejectStore(ledger.engine)
 
     def run_cycle(
         self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0, batch_size: int = 10
     ) -> CycleResult:
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
 
-        After the first pass, symbols that failed with a transient error (throttled past the
-        provider's own retries, a timeout, a dropped database connection) get up to
-        ``retry_passes`` more passes. At most ``batch_size`` symbols are written per load
-        transaction. If the ledger row cannot be written (database down)
-        the cycle is ``failed`` with ``error`` set and nothing is fetched.
+        After the first pass, symbols that failed with a transient error (throttled, a
+        timeout, a dropped database connection) get up to ``retry_passes`` more passes, as far
+        as their retry budget allows. At most ``batch_size`` symbols are written per load
+        transaction. If the ledger row cannot be written (database down) the cycle is
+        ``failed`` with ``error`` set, nothing is fetched, and the ledger keeps the cycle to
+        record it when the database returns.
         """
         t0 = time.monotonic()
-        cycle = CycleResult(job_name=job_name, provider=self.provider.name, started_at=self.clock.now())
+        cycle = CycleResult(job_name=job_name, provider=self.provider.name, started_at=self.clock.now(),
+                            interval=interval, symbols_requested=len(symbols))  # fmt: skip
         try:
             self.ledger.start(cycle, interval=interval, symbols_requested=len(symbols))
         except LoadError as exc:
-            cycle.error = self.redact(str(exc))
+            cycle.error = self.redact(f"database unavailable, nothing fetched: {exc}")
             cycle.settle(self.clock.now())
-            log.error("cycle %s: database unavailable, nothing fetched: %s", job_name, cycle.error)
+            self.ledger.defer(cycle)
+            log.error("cycle %s: %s (kept to be recorded when the database returns)", job_name, cycle.error)
+            metrics.observe_cycle(cycle)
             return cycle
         paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
         todo = list(symbols)
@@ -99,39 +131,47 @@ class EtlPipeline:
             cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
             todo = []
         since = self._watermarks(todo, interval) if todo else {}
+        budgets = {s: RetryBudget(self.retry_attempts, self.retry_budget_seconds) for s in todo}
         done: dict[str, SymbolOutcome] = {}
+        self._db_down = False
+        progress = _Progress(job_name, len(todo), t0)
         for attempt in range(1 + retry_passes):
             if attempt:
-                todo = [s for s in todo if s in done and done[s].retry_in_cycle and not done[s].ok]
-                if not todo or self.stop.is_set():
+                todo = [s for s in todo if s in done and not done[s].ok and done[s].retry_in_cycle and budgets[s].attempts > 0]
+                if not todo or self.stop.is_set() or self._db_down:
                     break
                 log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
-            for outcome in self._process(todo, interval, batch_size, since):
+            for outcome in self._process(todo, interval, batch_size, since, budgets, cycle.run_id):
                 done[outcome.symbol] = outcome
+                progress.tick(outcome, final=attempt == 0)
         cycle.outcomes = [done[s] for s in symbols if s in done]
         cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
         try:
             self.ledger.finish(cycle)
         except LoadError as exc:
-            cycle.error = self.redact(f"could not record the cycle: {exc}")
-            log.error("cycle %s: %s", job_name, cycle.error)
+            self.ledger.defer(cycle)
+            log.error("cycle %s: could not record its end (%s); kept to be recorded when the database returns",
+                      job_name, self.redact(str(exc)))  # fmt: skip
         metrics.observe_cycle(cycle)
+        rejected = f" ({cycle.rows_rejected} rejected: see rejected_bars)" if cycle.rows_rejected else ""
         log.info(
             "cycle job=%s provider=%s interval=%s symbols=%d ok=%d failed=%d rows fetched=%d loaded=%d rejected=%d"
-            " status=%s duration=%.3fs",
+            " status=%s duration=%.3fs%s",
             job_name, self.provider.name, interval, len(symbols), len(cycle.outcomes) - len(cycle.failed),
             len(cycle.failed), cycle.rows_fetched, cycle.rows_loaded, cycle.rows_rejected, cycle.status.value,
-            time.monotonic() - t0,
+            time.monotonic() - t0, rejected,
         )  # fmt: skip
         return cycle
 
     def _process(
-        self, symbols: Sequence[str], interval: str, batch_size: int, since: dict[str, datetime]
-    ) -> Iterator[SymbolOutcome]:
+        self, symbols: Sequence[str], interval: str, batch_size: int, since: dict[str, datetime],
+        budgets: dict[str, RetryBudget], run_id: int | None,
+    ) -> Iterator[SymbolOutcome]:  # fmt: skip
         """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome.
 
-        After ``stop`` is set no new fetch starts; fetches still running when the shutdown
-        deadline passes are abandoned (their bars are never loaded) and reported as interrupted.
+        After ``stop`` is set, or once the database is found unreachable, no new fetch starts;
+        fetches still running when the shutdown deadline passes are abandoned (their bars are
+        never loaded) and reported as interrupted.
         """
         pending = iter(symbols)
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fetch")
@@ -140,53 +180,60 @@ class EtlPipeline:
         try:
 
             def refill() -> None:
-                while len(in_flight) < self.workers and not self.stop.is_set():
+                while len(in_flight) < self.workers and not self.stop.is_set() and not self._db_down:
                     symbol = next(pending, None)
                     if symbol is None:
                         return
-                    in_flight[pool.submit(self._extract, symbol, interval, since.get(symbol))] = symbol
+                    fut = pool.submit(self._extract, symbol, interval, since.get(symbol), budgets[symbol])
+                    in_flight[fut] = symbol
 
             refill()
             while in_flight:
                 if self.stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self.shutdown_timeout_seconds
-                    log.warning(
-                        "shutdown: waiting up to %.0fs for %d fetch(es) in flight", self.shutdown_timeout_seconds, len(in_flight)
-                    )
+                    log.warning("shutdown: waiting up to %s for %d fetch(es) in flight",
+                                human_seconds(self.shutdown_timeout_seconds), len(in_flight))  # fmt: skip
                 finished, _ = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
                 if not finished:
                     if deadline is not None and time.monotonic() >= deadline:
-                        for fut, symbol in in_flight.items():
+                        for fut in in_flight:
                             fut.cancel()
-                            yield SymbolOutcome(
-                                symbol, error="interrupted by shutdown before its fetch finished (nothing loaded)", transient=True
-                            )
+                            yield SymbolOutcome(in_flight[fut], error="interrupted by shutdown before its fetch finished "
+                                                "(nothing loaded)", transient=True, interrupted=True)  # fmt: skip
                         in_flight.clear()
                     continue
                 for fut in finished:
                     del in_flight[fut]
                 refill()  # keep fetching while this thread writes
                 arrived = [f.result() for f in finished]
-                loadable = [(o, b) for o, b in arrived if o.ok and b]
+                self._record_rejections(arrived, interval, run_id)
+                loadable = [(o, b) for o, b, _ in arrived if o.ok and b]
                 for i in range(0, len(loadable), batch_size):
-                    yield from self._load(loadable[i : i + batch_size])
-                yield from (o for o, b in arrived if not (o.ok and b))
+                    yield from self._load(loadable[i : i + batch_size], run_id)
+                yield from (o for o, b, _ in arrived if not (o.ok and b))
+            if self._db_down:
+                for symbol in pending:
+                    yield SymbolOutcome(symbol, error="not fetched: the database became unreachable during the cycle",
+                                        transient=True)  # fmt: skip
         finally:
             # never wait here for a fetch stuck in a slow HTTP read: it is abandoned
             pool.shutdown(wait=deadline is None, cancel_futures=True)
 
-    def _extract(self, symbol: str, interval: str, since: datetime | None) -> tuple[SymbolOutcome, list[Bar]]:
-        """Fetch and validate one symbol (runs on a worker thread)."""
+    def _extract(self, symbol: str, interval: str, since: datetime | None, budget: RetryBudget) -> _Fetched:
+        """Fetch and validate one symbol (runs on a worker thread), within its retry budget."""
         out = SymbolOutcome(symbol)
         try:
-            fetched = self.provider.fetch_bars(symbol, interval, since=since)
+            with retry_budget(budget):
+                fetched = self.provider.fetch_bars(symbol, interval, since=since)
         except MarketpollError as exc:
             out.error, out.transient = self.redact(str(exc)), exc.transient
-            wait = getattr(exc, "retry_after_seconds", None)
-            out.retry_in_cycle = exc.transient and (wait is None or wait <= RETRY_IN_CYCLE_MAX_WAIT_SECONDS)
+            hint = getattr(exc, "retry_after_seconds", None)
+            out.retry_in_cycle = exc.transient and budget.fits(hint or 0.0)
+            if exc.transient and not out.retry_in_cycle:
+                out.error += " (deferred to the next cycle: its retry budget for this cycle is spent)"
             log.warning("%s: %s", symbol, out.error)
-            return out, []
-        good, rejected = validate_bars(fetched.bars)
+            return out, [], []
+        good, rejected = validate_bars(fetched.bars, now=self.clock.now())
         rejected = fetched.rejected + rejected
         out.rows_fetched = len(fetched.bars) + len(fetched.rejected)
         out.rows_rejected = len(rejected)
@@ -194,7 +241,19 @@ class EtlPipeline:
         if rejected:
             r = rejected[0]
             log.warning("%s: rejected %d of %d bars, e.g. %s: %s", symbol, len(rejected), out.rows_fetched, r.key, r.reason)
-        return out, good
+        return out, good, rejected
+
+    def _record_rejections(self, arrived: list[_Fetched], interval: str, run_id: int | None) -> None:
+        """Write the arrived symbols' rejections to ``rejected_bars`` (a failure there is logged, never fatal)."""
+        for out, _, rejected in arrived:
+            if not rejected:
+                continue
+            try:
+                self.rejects.record(rejected, provider=self.provider.name, interval=interval, seen_at=self.clock.now(),
+                                    run_id=run_id)  # fmt: skip
+            except LoadError as exc:
+                log.warning("%s: could not record %d rejected bar(s) in rejected_bars: %s", out.symbol, len(rejected),
+                            self.redact(str(exc)))  # fmt: skip
 
     def _watermarks(self, symbols: Sequence[str], interval: str) -> dict[str, datetime]:
         """Each symbol's newest stored bar start (UTC): where an interrupted or late cycle resumes from."""
@@ -204,14 +263,48 @@ class EtlPipeline:
             log.warning("could not read watermarks: %s", exc)
             return {}
 
-    def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]]) -> list[SymbolOutcome]:
+    def _database_reachable(self) -> bool:
+        try:
+            with translate_db_errors("probing the database"), self.ledger.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except LoadError:
+            return False
+
+    def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]], run_id: int | None) -> list[SymbolOutcome]:
         if not ready:
             return []
-        for (out, _), result in zip(ready, self.loader.load_many([bars for _, bars in ready]), strict=True):
+        credits = [Credit(run_id, o.rows_fetched, o.rows_rejected) if run_id is not None else None for o, _ in ready]
+        results = self.loader.load_many([bars for _, bars in ready], credits=credits)
+        for (out, _), result in zip(ready, results, strict=True):
             if isinstance(result, LoadError):
                 out.error, out.transient = self.redact(str(result)), result.transient
                 out.retry_in_cycle = result.transient
                 log.warning("%s: %s", out.symbol, out.error)
             else:
                 out.rows_loaded = result
+        if any(isinstance(r, LoadError) and r.transient for r in results) and not self._db_down:
+            if not self._database_reachable():
+                self._db_down = True
+                log.error("the database is unreachable: no further fetch starts in this cycle")
         return [out for out, _ in ready]
+
+
+class _Progress:
+    """Logs a long cycle's progress about every :data:`PROGRESS_EVERY_SECONDS` (symbols done/total, rows)."""
+
+    def __init__(self, job: str, total: int, t0: float) -> None:
+        self.job, self.total, self.t0 = job, total, t0
+        self.done = self.loaded = self.failed = 0
+        self.next_at = t0 + PROGRESS_EVERY_SECONDS
+
+    def tick(self, outcome: SymbolOutcome, *, final: bool) -> None:
+        if final:
+            self.done += 1
+            self.loaded += outcome.rows_loaded
+            self.failed += 0 if outcome.ok else 1
+        now = time.monotonic()
+        if now >= self.next_at:
+            self.next_at = now + PROGRESS_EVERY_SECONDS
+            log.info("cycle %s: %d/%d symbols done, %d rows loaded, %d failed, %s elapsed", self.job, self.done, self.total,
+                     self.loaded, self.failed, human_seconds(now - self.t0))  # fmt: skip

@@ -103,7 +103,12 @@ class RateBudget:
         now = self.clock.now().astimezone(UTC)
         if self.daily is None or self._paused_day != now.date():
             if self._limiter is not None:
+                waited = 0
                 while not self._limiter.try_acquire(self.key_id, blocking=True, timeout=1):
+                    waited += 1
+                    if waited == 1:
+                        log.info("%s: waiting for the rate budget (%s) before the next request", self.provider,
+                                 " ".join(str(r) for r in self.rates if r.unit != "day"))  # fmt: skip
                     if self.stop.is_set():
                         break
             if self.daily is None:

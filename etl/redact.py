@@ -51,11 +51,12 @@ class Redactor:
 
 
 class RedactingFormatter(logging.Formatter):
-    """A logging formatter whose whole output (message and traceback) passes through a :class:`Redactor`."""
+    """Wraps a formatter (text or JSON) so its whole output, message and traceback, passes through a :class:`Redactor`."""
 
-    def __init__(self, fmt: str, redactor: Redactor, datefmt: str | None = None) -> None:
-        super().__init__(fmt, datefmt)
+    def __init__(self, inner: logging.Formatter | str, redactor: Redactor, datefmt: str | None = None) -> None:
+        super().__init__()
+        self._inner = inner if isinstance(inner, logging.Formatter) else logging.Formatter(inner, datefmt)
         self._redact = redactor
 
     def format(self, record: logging.LogRecord) -> str:
-        return self._redact(super().format(record))
+        return self._redact(self._inner.format(record))

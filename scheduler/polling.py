@@ -18,6 +18,7 @@ from datetime import datetime
 from clock import Clock, SystemClock
 from errors import ConfigError
 from etl.pipeline import EtlPipeline
+from etl.retry import human_seconds
 from models.bar import INTERVALS
 from models.run import CycleResult, PollingResults
 from scheduler.calendar import Calendars, Session
@@ -145,15 +146,17 @@ class PollingManager:
         cfg = strategy.config
         results = PollingResults(strategy=strategy.name, start_time=self.clock.now())
         last: CycleResult | None = None
-        while not self.stop.is_set() and (cfg.max_iterations is None or len(results.cycles) < cfg.max_iterations):
+        announced: datetime | None = None
+        while not self.stop.is_set() and (cfg.max_iterations is None or results.total_iterations < cfg.max_iterations):
             now = self.clock.now()
             due = strategy.next_poll(last, now)
             wait = (due - now).total_seconds()
             if wait > 0:
                 if on_wait is not None:
                     on_wait(due)
-                if wait > 60:
-                    log.info("%s: next poll at %s (in %.0fs)", strategy.name, due.isoformat(), wait)
+                if due != announced:  # once per wait, not once per slice of it
+                    announced = due
+                    log.info("%s: next poll in %s (%s): %s", strategy.name, human_seconds(wait), due.isoformat(), strategy.reason)
                 if self.clock.sleep(min(wait, MAX_SLEEP_SECONDS), self.stop):
                     break
                 continue  # re-evaluate: the wait may have been sliced, or the clock jumped
@@ -164,9 +167,7 @@ class PollingManager:
                 retry_passes=cfg.max_retries if cfg.retry_on_failure else 0,
                 batch_size=cfg.batch_size,
             )
-            if last is not None:
-                results.intervals_seconds.append((cycle.started_at - last.started_at).total_seconds())
-            results.cycles.append(cycle)
+            results.add(cycle, (cycle.started_at - last.started_at).total_seconds() if last is not None else None)
             strategy.observe(cycle)
             if on_cycle is not None:
                 on_cycle(cycle)

@@ -58,6 +58,13 @@ class PollingStrategy(ABC):
             raise ConfigError(f"{self.name} polling needs an exchange calendar", name="exchange")
         self.config = config
         self.calendar = calendar
+        #: why the last :meth:`next_poll` chose its instant, for the log line of the wait ("no new bars")
+        self.reason = "first poll"
+
+    def _local(self, when: datetime) -> str:
+        """``when`` in the exchange's zone, for people (``Mon 09:30 EDT``)."""
+        tz = self.calendar.tz if self.calendar is not None else None
+        return when.astimezone(tz).strftime("%a %H:%M %Z") if tz is not None else when.isoformat()
 
     @abstractmethod
     def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
@@ -75,7 +82,9 @@ class ContinuousStrategy(PollingStrategy):
     def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
         if last is None:
             return now
-        return max(now, last.started_at + timedelta(seconds=self.config.interval_seconds))
+        due = last.started_at + timedelta(seconds=self.config.interval_seconds)
+        self.reason = f"every {self.config.interval_minutes:g} min" if due > now else "the last cycle outlasted the interval"
+        return max(now, due)
 
 
 class MarketHoursStrategy(PollingStrategy):
@@ -89,13 +98,17 @@ class MarketHoursStrategy(PollingStrategy):
         step = timedelta(seconds=self.config.interval_seconds)
         # a window that has just closed still counts at its end instant (the last bar)
         _, start, end = self.calendar.next_window(now - timedelta(microseconds=1), sessions)
+        names = "/".join(sorted(s.value for s in sessions))
         if last is None or last.started_at < start:
             due = max(now, start)  # first poll of this window: at its open (or now, if inside)
+            self.reason = f"{self.calendar.code} {names} session opens {self._local(start)}" if start > now else "session open"
         else:
             due = max(now, last.started_at + step)
+            self.reason = f"every {self.config.interval_minutes:g} min in the {names} session"
         if due > end:
             _, start, _ = self.calendar.next_window(end + timedelta(microseconds=1), sessions)
             due = start
+            self.reason = f"{self.calendar.code} {names} session closed; next opens {self._local(start)}"
         return due
 
 
@@ -115,6 +128,20 @@ def adapt_interval(seconds: float, cycle: CycleResult, *, min_seconds: float, ma
     return min(max(seconds, min_seconds), max_seconds)
 
 
+def _adaptive_reason(cycle: CycleResult, before: float, after: float) -> str:
+    ok = [o for o in cycle.outcomes if o.ok]
+    if any(o.transient for o in cycle.outcomes if not o.ok):
+        what = "throttled or a transient error"
+    elif ok and all(o.rows_loaded > 0 for o in ok):
+        what = "every symbol brought new bars"
+    elif ok and all(o.rows_loaded == 0 for o in ok):
+        what = "no new bars"
+    else:
+        what = "some symbols brought new bars"
+    verb = "halved" if after < before else "doubled" if after > before else "kept"
+    return f"{what}: interval {verb} to {after:g} s"
+
+
 class AdaptiveStrategy(PollingStrategy):
     """The interval follows data arrival, the session and throttling (see module docstring)."""
 
@@ -127,9 +154,11 @@ class AdaptiveStrategy(PollingStrategy):
 
     def observe(self, cycle: CycleResult) -> None:
         cfg = self.config
+        before = self.base_seconds
         self.base_seconds = adapt_interval(
             self.base_seconds, cycle, min_seconds=cfg.min_interval_seconds, max_seconds=cfg.max_interval_seconds
         )
+        self._why = _adaptive_reason(cycle, before, self.base_seconds)
 
     def next_poll(self, last: CycleResult | None, now: datetime) -> datetime:
         if last is None:
@@ -138,8 +167,11 @@ class AdaptiveStrategy(PollingStrategy):
         session = self.calendar.session_at(now)
         if session not in cfg.session_set or session is Session.CLOSED:
             _, next_open, _ = self.calendar.next_window(now, cfg.session_set)
+            self.reason = f"{self.calendar.code} closed for the polled sessions; next opens {self._local(next_open)}"
             return max(now, min(next_open, last.started_at + timedelta(seconds=cfg.max_interval_seconds)))
         wait = min(max(self.base_seconds * SESSION_FACTORS[session], cfg.min_interval_seconds), cfg.max_interval_seconds)
+        thin = f", x{SESSION_FACTORS[session]:g} in the thin {session.value} session" if SESSION_FACTORS[session] != 1 else ""
+        self.reason = getattr(self, "_why", "adaptive interval") + thin
         return max(now, last.started_at + timedelta(seconds=wait))
 
 
