@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy as sa
+from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
 
 import cli
 from clock import Clock, SystemClock
@@ -27,13 +29,13 @@ from etl.ratelimit import budget_for, parse_rates
 from etl.redact import Redactor
 from scheduler.api import ServiceApi
 from scheduler.calendar import CalendarOverrides, Calendars
-from scheduler.jobs import JOB_SESSIONS, MarketScheduler
+from scheduler.jobs import JOB_SESSIONS, MarketScheduler, define_job
 from scheduler.polling import PollingConfig, PollingManager
-from scheduler.streaming import DataStreamingService
+from scheduler.streaming import DataStreamingService, pid_alive
 from scheduler.systemd import Notifier, unit_file, unit_path
-from settings import Settings
+from settings import DEFAULT_DATABASE_URL, Settings, absolute_sqlite_url
 
-__all__ = ["App"]
+__all__ = ["App", "same_database"]
 
 log = logging.getLogger("marketpoll")
 
@@ -50,10 +52,17 @@ class App:
     shutdown_timeout_seconds: float = 30.0  # how long a cycle waits for in-flight fetches after a signal
     clock: Clock = field(default_factory=SystemClock)
     _engine: sa.Engine | None = None
+    _ledger: RunLedger | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
     _pipelines: dict[str, EtlPipeline] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
+    checkout: Path = field(default_factory=lambda: Path(__file__).resolve().parent)  # what --install-service runs
+
+    @property
+    def stream_state_file(self) -> Path:
+        """Where --stream publishes its state (absolute: the same from any working directory)."""
+        return Path(self.settings.stream_state_file).expanduser().resolve()
 
     def __post_init__(self) -> None:
         self.calendars = Calendars(CalendarOverrides.load(self.settings.market_calendar_file))
@@ -65,7 +74,16 @@ class App:
             engine = make_engine(self.settings.database_url)
             upgrade(engine)
             self._engine = engine
+            # rows left 'running' by processes of this host that died (kill -9, power loss) stop lying
+            self.ledger.mark_abandoned(self.clock.now(), alive=pid_alive)
         return self._engine
+
+    @property
+    def ledger(self) -> RunLedger:
+        """The one ``etl_runs`` ledger of the process (it keeps cycles the database missed while down)."""
+        if self._ledger is None:
+            self._ledger = RunLedger(self.engine if self._engine is None else self._engine, self.redactor)
+        return self._ledger
 
     def provider(self, name: str) -> Provider:
         with self._lock:
@@ -86,9 +104,10 @@ class App:
         with self._lock:
             if provider_name not in self._pipelines:
                 self._pipelines[provider_name] = EtlPipeline(
-                    provider, make_loader(self.engine), RunLedger(self.engine, self.redactor),
+                    provider, make_loader(self.engine), self.ledger,
                     clock=self.clock, redact=self.redactor, stop=self.stop, workers=self.workers,
                     shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+                    retry_attempts=self.settings.retry_max_attempts, retry_budget_seconds=self.settings.retry_budget_seconds,
                 )  # fmt: skip
             return self._pipelines[provider_name]
 
@@ -136,8 +155,7 @@ class App:
             where = f"symbol {f['symbol']}" if f["symbol"] else "cycle"
             print(f"main.py: cycle {f['cycle']}: {where} failed: {f['error']}", file=sys.stderr)
         # a graceful stop is not a failure: what the interrupted cycle left undone, the next run completes
-        failed = [f for f in results["failures"] if f["cycle_status"] != "interrupted"]
-        return cli.EXIT_CYCLE_FAILED if failed else cli.EXIT_OK
+        return cli.EXIT_CYCLE_FAILED if results["partial_or_failed_cycles"] else cli.EXIT_OK
 
     def stream(self, args) -> int:
         """--stream: continuous polling in a background thread, published through the state file."""
@@ -146,25 +164,26 @@ class App:
             job_name=args.job_name or "streaming",
         )  # fmt: skip
         self.check_interval(args.provider, args.interval)
-        state = Path(self.settings.stream_state_file).resolve()
+        state = self.stream_state_file
         if DataStreamingService.status(state)["is_running"]:
             raise ConfigError(f"a streaming process is already running (see {state}); stop it with --stop-streaming")
         manager = PollingManager(self.pipeline(args.provider), calendars=self.calendars, clock=self.clock, stop=self.stop)
         service = DataStreamingService(manager, state, clock=self.clock)
         service.start_streaming(config)
         self.notifier.ready("streaming")
-        log.info("streaming %s every %g min (state in %s)", " ".join(config.symbols), config.interval_minutes, state)
+        log.info("streaming %s every %g min into %s (state in %s)", " ".join(config.symbols), config.interval_minutes,
+                 describe_url(self.settings.database_url), state)  # fmt: skip
         results = service.wait(tick=self.notifier.watchdog)
         print(json.dumps(results, indent=2))
-        failed = [f for f in (results or {}).get("failures", []) if f["cycle_status"] != "interrupted"]
+        failed = (results or {}).get("partial_or_failed_cycles", 0)
         return cli.EXIT_CYCLE_FAILED if failed or results is None else cli.EXIT_OK
 
     def streaming_status(self) -> int:
-        print(json.dumps(DataStreamingService.status(Path(self.settings.stream_state_file).resolve()), indent=2))
+        print(json.dumps(DataStreamingService.status(self.stream_state_file), indent=2))
         return cli.EXIT_OK
 
     def stop_streaming(self, timeout_seconds: float) -> int:
-        stopped, message = DataStreamingService.stop(Path(self.settings.stream_state_file).resolve(), timeout_seconds)
+        stopped, message = DataStreamingService.stop(self.stream_state_file, timeout_seconds)
         print(message)
         return cli.EXIT_OK if stopped or message.startswith("no streaming") else cli.EXIT_CYCLE_FAILED
 
@@ -181,16 +200,19 @@ class App:
         name = getattr(args, f"schedule_{kind}_job")
         symbols = args.job_symbols or args.symbols
         self.check_interval(args.provider, args.interval)  # also rejects an unknown provider
+        define_job(self.calendars, self.clock.now(), name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
+                   exchange=args.exchange, provider=args.provider, bar_interval=args.interval)  # bad input: before any database
         replaced = self.scheduler().schedule_job(
             name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
             exchange=args.exchange, provider=args.provider, bar_interval=args.interval,
         )  # fmt: skip
         verb = "replaced existing job" if replaced else "scheduled new job"
-        print(f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min")
+        print(f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min, "
+              f"in {describe_url(self.settings.database_url)}")  # the service must read this same database
         return cli.EXIT_OK
 
     def show_jobs(self) -> int:
-        print(json.dumps(self.scheduler().get_scheduled_jobs(), indent=2))
+        print(json.dumps(self.scheduler().get_scheduled_jobs(include_invalid=True), indent=2))
         return cli.EXIT_OK
 
     def remove_job(self, name: str) -> int:
@@ -202,6 +224,8 @@ class App:
 
     def run_jobs(self, api_host: str = "127.0.0.1", api_port: int | None = None, api_token: str | None = None) -> int:
         """Run named jobs until a signal; optionally serve the API; tell systemd how it goes."""
+        # the absolute database, so a service and the CLI that schedules its jobs can be compared
+        log.info("named jobs from database %s", describe_url(self.settings.database_url))
         scheduler = self.scheduler()
         api = None
         if api_port is not None:
@@ -222,13 +246,46 @@ class App:
                 api.close()
         return cli.EXIT_OK
 
+    def service_database(self) -> tuple[str, str]:
+        """(URL, where it comes from) of the database the unit's service will use.
+
+        The unit runs in the checkout with ``EnvironmentFile=<checkout>/.env`` and nothing of
+        this shell's environment: its ``DATABASE_URL`` is the one in that file, or the default
+        SQLite file in the checkout. Raises ConfigError if that file cannot be read.
+        """
+        env_file = self.checkout / ".env"
+        try:
+            values = dotenv_values(env_file) if env_file.is_file() else {}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {env_file}: {exc}", name="DATABASE_URL") from None
+        url = (values.get("DATABASE_URL") or "").strip()
+        source = f"DATABASE_URL in {env_file}" if url else f"the default: no DATABASE_URL in {env_file}"
+        return absolute_sqlite_url(url or DEFAULT_DATABASE_URL, self.checkout), source
+
     def install_service(self, args) -> int:
-        """Write (or with --dry-run print) the systemd unit for this checkout and interpreter."""
-        checkout = Path(__file__).resolve().parent
+        """Write (or with --dry-run print) the systemd unit for this checkout and interpreter.
+
+        Says which database the service will use (password hidden) and warns when it is not
+        the one this shell uses: jobs scheduled from here would never run.
+        """
+        checkout = self.checkout
         svc_args = ["--run-scheduled-jobs", "--shutdown-timeout", f"{args.shutdown_timeout:g}"]
         if args.api_port is not None:
             svc_args += ["--api-port", str(args.api_port), "--api-host", args.api_host]
-        text = unit_file(checkout=checkout, args=svc_args, shutdown_timeout_seconds=args.shutdown_timeout, user=args.user)
+        if args.rate_limit:  # --rate-limit applies to the service too (validated by cli)
+            svc_args += ["--rate-limit", *(str(r) for r in parse_rates(args.rate_limit))]
+        db_url, db_source = self.service_database()
+        database = f"{describe_url(db_url)} ({db_source})"
+        text = unit_file(checkout=checkout, args=svc_args, shutdown_timeout_seconds=args.shutdown_timeout, user=args.user,
+                         database=database)  # fmt: skip
+        print(f"the service will use the database {database}", file=sys.stderr)
+        if _under_private_tmp(db_url):
+            print("main.py: warning: the unit has PrivateTmp=yes: the service's /tmp and /var/tmp are its own, so a "
+                  "SQLite file there is not the one this shell sees", file=sys.stderr)  # fmt: skip
+        if not same_database(db_url, self.settings.database_url):
+            print(f"main.py: warning: this shell uses the database {describe_url(self.settings.database_url)}, not the "
+                  f"service's: jobs scheduled from here would never run; set DATABASE_URL in {checkout / '.env'}",
+                  file=sys.stderr)  # fmt: skip
         if args.dry_run:
             print(text, end="")
             return cli.EXIT_OK
@@ -253,3 +310,28 @@ class App:
                 out[name] = {"rates": [str(r) for r in p.budget.rates], "remaining_today": left,
                              "paused_until": paused.isoformat() if paused else None}  # fmt: skip
         return out
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two database URLs name the same database (``postgresql://`` = ``postgresql+psycopg2://``)."""
+
+    def key(url: str):
+        try:
+            u = make_url(url)
+        except Exception:  # noqa: BLE001 - an unparsable URL equals only itself
+            return url
+        backend = u.get_backend_name()
+        port = u.port or (5432 if backend == "postgresql" else None)
+        return backend, u.username, (u.host or "").lower(), port, u.database
+
+    return key(a) == key(b)
+
+
+def _under_private_tmp(url: str) -> bool:
+    """Whether ``url`` is a SQLite file in /tmp or /var/tmp (private to a unit with PrivateTmp=yes)."""
+    try:
+        u = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: make_engine reports it
+        return False
+    path = Path(u.database or "")
+    return u.get_backend_name() == "sqlite" and any(path.is_relative_to(d) for d in ("/tmp", "/var/tmp"))

@@ -10,6 +10,8 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
+from db.jobs import MAX_JOB_INTERVAL_MINUTES, MIN_JOB_INTERVAL_MINUTES, check_job_name
+from errors import ConfigError
 from etl.providers import provider_names
 from etl.providers.alphavantage import MONTH_RE
 from models.bar import INTERVALS, normalize_symbol
@@ -24,6 +26,13 @@ EXIT_INTERNAL = 4  # an unexpected error (a bug): the traceback is logged
 
 #: CLI spellings of intervals: the canonical names plus Alpha Vantage's "daily".
 INTERVAL_ALIASES = {**{k: k for k in INTERVALS}, "daily": "1day"}
+
+#: Bounds of --poll-interval, --stream-interval, --min/--max-poll-interval, in minutes:
+#: 0.001 min = 60 ms (fast loops against a local server are legitimate) to a week.
+MIN_POLL_MINUTES = 0.001
+MAX_POLL_MINUTES = 10080.0
+#: --at is accepted from 1900 up to 2200 (the calendars look ~400 days past it; pandas ends in 2262).
+AT_RANGE_UTC = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2201, 1, 1, tzinfo=UTC))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +55,14 @@ def _number(kind: type, what: str, ok, bounds: str):
     return parse
 
 
-_minutes = _number(float, "a number of minutes", lambda v: 0 < v < float("inf"), "a positive number of minutes")
+_minutes = _number(
+    float, "a number of minutes", lambda v: MIN_POLL_MINUTES <= v <= MAX_POLL_MINUTES,
+    f"from {MIN_POLL_MINUTES:g} (60 ms) to {MAX_POLL_MINUTES:g} minutes (a week)",
+)  # fmt: skip
+_job_minutes = _number(
+    float, "a number of minutes", lambda v: MIN_JOB_INTERVAL_MINUTES <= v <= MAX_JOB_INTERVAL_MINUTES,
+    f"from {MIN_JOB_INTERVAL_MINUTES:.4f} (1 second) to {MAX_JOB_INTERVAL_MINUTES:g} minutes (a day)",
+)  # fmt: skip
 _seconds = _number(float, "a number of seconds", lambda v: 0 < v < 86400, "between 0 and 86400 seconds")
 _port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "a port from 0 to 65535")
 _positive_int = _number(int, "a whole number", lambda v: v >= 1, ">= 1")
@@ -86,7 +102,20 @@ def _instant(text: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
     if dt.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give a time zone (Z or +HH:MM): {text!r}")
-    return dt.astimezone(UTC)
+    try:
+        at = dt.astimezone(UTC)
+    except OverflowError:
+        at = None
+    if at is None or not AT_RANGE_UTC[0] <= at < AT_RANGE_UTC[1]:
+        raise argparse.ArgumentTypeError(f"must be from 1900 to 2200: {text!r}")
+    return at
+
+
+def _job_name(text: str) -> str:
+    try:
+        return check_job_name(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 POLL_MODES = ("continuous_poll", "market_hours_poll", "adaptive_poll")
@@ -111,22 +140,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--adaptive-poll", action="store_true", help="poll at an interval that follows new data, the session and throttling"
     )
     mode.add_argument("--market-status", action="store_true", help="print the session of --exchange at --at as JSON")
-    mode.add_argument("--schedule-market-job", metavar="NAME", help="create or replace a named job in the regular session")
-    mode.add_argument("--schedule-pre-market-job", metavar="NAME", help="... in the pre-market session")
-    mode.add_argument("--schedule-after-hours-job", metavar="NAME", help="... in the after-hours session")
+    mode.add_argument(
+        "--schedule-market-job",
+        type=_job_name,
+        metavar="NAME",
+        help="create or replace a named job in the regular session (NAME: 1-100 characters, no spaces or control characters)",
+    )
+    mode.add_argument("--schedule-pre-market-job", type=_job_name, metavar="NAME", help="... in the pre-market session")
+    mode.add_argument("--schedule-after-hours-job", type=_job_name, metavar="NAME", help="... in the after-hours session")
     mode.add_argument(
         "--show-scheduled-jobs",
         action="store_true",
         help="list named jobs: session, exchange, symbols, interval, next run, last run status",
     )
-    mode.add_argument("--remove-job", metavar="NAME", help="delete a named job")
+    mode.add_argument("--remove-job", type=_job_name, metavar="NAME", help="delete a named job")
     mode.add_argument(
         "--stream",
         action="store_true",
-        help="poll every --stream-interval minutes in a background thread; see --streaming-status, --stop-streaming",
+        help="poll every --stream-interval minutes; runs in the foreground until SIGINT/SIGTERM or --stop-streaming "
+        "from another shell, publishing its state for --streaming-status",
     )
-    mode.add_argument("--streaming-status", action="store_true", help="print the streaming process's state as JSON")
-    mode.add_argument("--stop-streaming", action="store_true", help="stop the streaming process gracefully (SIGTERM, then wait)")
+    mode.add_argument(
+        "--streaming-status",
+        action="store_true",
+        help="print the streaming process's state as JSON, from any directory (state file: STREAM_STATE_FILE, "
+        "default $XDG_STATE_HOME/marketpoll/stream.json or ~/.local/state/marketpoll/stream.json)",
+    )
+    mode.add_argument(
+        "--stop-streaming",
+        action="store_true",
+        help="stop the streaming process gracefully (SIGTERM, then wait), from any directory",
+    )
     mode.add_argument(
         "--install-service",
         action="store_true",
@@ -173,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_minutes,
         default=5.0,
         metavar="MINUTES",
-        help="minutes between poll starts; fractions allowed, e.g. 0.5 (default: 5)",
+        help="minutes between poll starts; fractions allowed, e.g. 0.5; 0.001 (60 ms) to 10080 (default: 5)",
     )
     poll.add_argument(
         "--poll-max-iterations",
@@ -216,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N/UNIT",
         help="request budget of the provider's API key, e.g. 75/minute or 1/second 25/day; unit second, "
-        "minute or day (default: ALPHA_VANTAGE_RATE_LIMIT, the free tier 1/second 25/day; demo: none)",
+        "minute or day (default: ALPHA_VANTAGE_RATE_LIMIT, the free tier 1/second 25/day; demo: DEMO_RATE_LIMIT, none); "
+        "with --install-service, written into the unit",
     )
     poll.add_argument(
         "--batch-size",
@@ -240,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="threads fetching symbols concurrently; arrived batches are loaded together (default: 4)",
     )
-    poll.add_argument("--job-name", default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)")
+    poll.add_argument(
+        "--job-name", type=_job_name, default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)"
+    )
 
     stream = p.add_argument_group("streaming")
     stream.add_argument(
@@ -262,17 +309,17 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--job-symbols", nargs="+", type=_symbol, default=None, metavar="SYMBOL", help="the job's tickers")
     jobs.add_argument(
         "--job-interval",
-        type=_minutes,
+        type=_job_minutes,
         default=None,
         metavar="MINUTES",
-        help="minutes between the job's runs, counted from the session open",
+        help="minutes between the job's runs, counted from the session open; from 0.0167 (1 second) to 1440 (a day)",
     )
     jobs.add_argument(
         "--at",
         type=_instant,
         default=None,
         metavar="ISO8601",
-        help="--market-status at this instant, with a zone: 2024-03-11T13:00:00Z (default: now)",
+        help="--market-status at this instant, with a zone, from 1900 to 2200: 2024-03-11T13:00:00Z (default: now)",
     )
 
     svc = p.add_argument_group("service (with --run-scheduled-jobs)")
@@ -291,7 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="enables POST /jobs/NAME/pause|resume|run for requests bearing it; prefer MARKETPOLL_API_TOKEN (a flag shows in ps)",
     )
     svc.add_argument("--user", action="store_true", help="--install-service: a user unit (~/.config/systemd/user)")
-    svc.add_argument("--dry-run", action="store_true", help="--install-service: print the unit instead of writing it")
+    svc.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="--install-service: print the unit (and the database it will use) instead of writing it",
+    )
 
     misc = p.add_argument_group("misc")
     misc.add_argument(
@@ -315,7 +366,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     polling = any(getattr(args, m) for m in POLL_MODES) or args.stream
     if polling and not args.symbols:
         parser.error("argument --symbols: at least one symbol is required")
-    scheduling = next((k for k in SCHEDULE_KINDS if getattr(args, f"schedule_{k}_job")), None)
+    scheduling = next((k for k in SCHEDULE_KINDS if getattr(args, f"schedule_{k}_job") is not None), None)
     if scheduling and not (args.job_symbols or args.symbols):
         parser.error("argument --job-symbols: at least one symbol is required")
     if scheduling and args.job_interval is None:
@@ -323,13 +374,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sessions is None:
         args.sessions = ["pre", "regular", "post"] if args.adaptive_poll else ["regular"]
     args.schedule_kind = scheduling
-    if args.rate_limit:
+    if args.rate_limit is not None:
         from etl.ratelimit import parse_rates
 
         try:
-            parse_rates(args.rate_limit)
-        except ValueError as exc:
+            rates = parse_rates(args.rate_limit)
+        except ConfigError as exc:
             parser.error(f"argument --rate-limit: {exc}")
+        if not rates:
+            parser.error("argument --rate-limit: empty (give N/second, N/minute or N/day, e.g. 75/minute)")
     if args.max_retries < 0:
         parser.error(f"argument --max-retries: must be >= 0: {args.max_retries}")
     return args

@@ -2,21 +2,64 @@
 
 Every variable is documented in ``.env.example``. :func:`Settings.from_env` takes a
 mapping, so no module but ``main.py`` touches ``os.environ``.
+
+Paths are made absolute once, here: a relative SQLite file and ``STREAM_STATE_FILE``
+are resolved against the working directory at start, so every later log line names the
+file actually used and a process started elsewhere (a systemd unit) can be compared.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from errors import ConfigError
 from etl.retry import RetryPolicy
 
-__all__ = ["Settings", "DEFAULT_DATABASE_URL"]
+__all__ = ["Settings", "DEFAULT_DATABASE_URL", "RATE_LIMIT_FIELDS", "absolute_sqlite_url", "default_stream_state_file"]
 
 #: Embedded default: a SQLite file in the working directory, so the demo needs no server.
 DEFAULT_DATABASE_URL = "sqlite:///marketpoll.db"
+
+#: Provider registry name -> the setting that holds its rate-limit spec.
+RATE_LIMIT_FIELDS = {"alphavantage": "alpha_vantage_rate_limit", "demo": "demo_rate_limit"}
+
+#: Largest value of a ``*_SECONDS`` setting: one day (a longer timeout or delay is a typo).
+MAX_SETTING_SECONDS = 86400.0
+
+
+def absolute_sqlite_url(url: str, cwd: Path) -> str:
+    """``url`` with a relative SQLite file made absolute against ``cwd``; any other URL unchanged.
+
+    In-memory databases (``sqlite://``, ``:memory:``) and ``file:`` URIs are left as they are.
+    """
+    from sqlalchemy.engine import make_url  # settings stay importable without a database stack loaded
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by db.make_engine, with its name
+        return url
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:") or os.path.isabs(db):
+        return url
+    return parsed.set(database=os.path.normpath(os.path.join(cwd, db))).render_as_string(hide_password=False)
+
+
+def default_stream_state_file(env: Mapping[str, str]) -> str:
+    """``$XDG_STATE_HOME/marketpoll/stream.json``, else ``~/.local/state/marketpoll/stream.json``.
+
+    A relative ``XDG_STATE_HOME`` is ignored, as the XDG Base Directory spec says.
+    """
+    xdg = (env.get("XDG_STATE_HOME") or "").strip()
+    if xdg and os.path.isabs(xdg):
+        base = Path(xdg)
+    else:
+        base = Path((env.get("HOME") or "").strip() or Path.home()) / ".local" / "state"
+    return str(base / "marketpoll" / "stream.json")
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -37,17 +80,24 @@ def _choice(*allowed: str):
     return conv
 
 
-def _positive(kind):
+def _positive(kind, maximum: float | None = None):
+    """A converter to a finite number > 0 (and <= ``maximum``): NaN and infinity are refused."""
+
     def conv(name: str, raw: str):
         try:
             value = kind(raw)
         except ValueError:
             raise ConfigError(f"{name} must be a number, got {raw!r}", name=name, value=raw) from None
-        if value <= 0:
-            raise ConfigError(f"{name} must be > 0, got {raw!r}", name=name, value=raw)
+        if not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{name} must be a finite number > 0, got {raw!r}", name=name, value=raw)
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be at most {maximum:g}, got {raw!r}", name=name, value=raw)
         return value
 
     return conv
+
+
+_seconds = _positive(float, MAX_SETTING_SECONDS)
 
 
 def _rates(name: str, raw: str) -> str:
@@ -94,7 +144,8 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     market_calendar_file: str | None = None
-    stream_state_file: str = "marketpoll-stream.json"
+    # --stream's state, for --streaming-status/--stop-streaming from any directory (absolute)
+    stream_state_file: str = field(default_factory=lambda: default_stream_state_file({}))
     marketpoll_api_token: str | None = field(default=None, repr=False)  # a secret: never printed
 
     _CONVERTERS = {
@@ -105,22 +156,25 @@ class Settings:
         "alpha_vantage_month": _month,
         "alpha_vantage_rate_limit": _rates,
         "demo_rate_limit": _rates,
-        "http_connect_timeout_seconds": _positive(float),
-        "http_read_timeout_seconds": _positive(float),
-        "http_total_timeout_seconds": _positive(float),
+        "http_connect_timeout_seconds": _seconds,
+        "http_read_timeout_seconds": _seconds,
+        "http_total_timeout_seconds": _seconds,
         "http_max_response_bytes": _positive(int),
-        "retry_budget_seconds": _positive(float),
+        "retry_budget_seconds": _seconds,
         "retry_max_attempts": _positive(int),
-        "retry_initial_delay_seconds": _positive(float),
-        "retry_max_delay_seconds": _positive(float),
+        "retry_initial_delay_seconds": _seconds,
+        "retry_max_delay_seconds": _seconds,
         "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "log_format": _choice("text", "json"),
     }
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> Settings:
+    def from_env(cls, env: Mapping[str, str], *, cwd: Path | None = None, **overrides: Any) -> Settings:
         """Build settings from ``env`` (unset or empty variables keep their defaults), then ``overrides``.
 
+        A relative SQLite path and ``STREAM_STATE_FILE`` are made absolute against ``cwd``
+        (default: the working directory); ``stream_state_file`` defaults to the per-user state
+        directory (:func:`default_stream_state_file`, from ``XDG_STATE_HOME``/``HOME`` in ``env``).
         Raises :class:`~errors.ConfigError` naming the variable and its bad value.
         """
         values: dict[str, Any] = {}
@@ -133,11 +187,18 @@ class Settings:
             conv = cls._CONVERTERS.get(f.name)
             values[f.name] = conv(f.name.upper(), raw.strip()) if conv else raw.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
+        base = cwd if cwd is not None else Path.cwd()
+        values["database_url"] = absolute_sqlite_url(values.get("database_url", DEFAULT_DATABASE_URL), base)
+        state = values.get("stream_state_file")
+        if state:
+            values["stream_state_file"] = os.path.normpath(os.path.join(base, os.path.expanduser(state)))
+        else:
+            values["stream_state_file"] = default_stream_state_file(env)
         return cls(**values)
 
     def rate_limit_for(self, provider: str) -> str | None:
-        """The rate-limit spec (``"1/second 25/day"``) of a provider, or None."""
-        return getattr(self, f"{provider}_rate_limit", None)
+        """The rate-limit spec (``"1/second 25/day"``) of a provider (its default if not set), or None."""
+        return getattr(self, RATE_LIMIT_FIELDS.get(provider, f"{provider}_rate_limit"), None)
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -1,7 +1,14 @@
-"""The ``scheduled_jobs`` table: named jobs written by the CLI and read by the running scheduler."""
+"""The ``scheduled_jobs`` table: named jobs written by the CLI and read by the running scheduler.
+
+A :class:`JobDefinition` validates itself, so a row edited by hand into something invalid
+(a sub-second interval, an unknown bar interval, a name with control characters) is
+reported by :meth:`JobStore.load` as an :class:`InvalidJob` instead of reaching the scheduler.
+"""
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -9,13 +16,61 @@ import sqlalchemy as sa
 
 from db.engine import translate_db_errors
 from db.tables import etl_runs, scheduled_jobs
+from errors import ConfigError
+from models.bar import INTERVALS, normalize_symbol
 
-__all__ = ["JobDefinition", "JobStore", "LastRun", "last_successes", "recent_errors"]
+__all__ = [
+    "JobDefinition",
+    "InvalidJob",
+    "JobStore",
+    "LastRun",
+    "last_successes",
+    "recent_errors",
+    "check_job_name",
+    "SESSION_VALUES",
+    "MAX_JOB_NAME_LENGTH",
+    "MIN_JOB_INTERVAL_MINUTES",
+    "MAX_JOB_INTERVAL_MINUTES",
+]
+
+#: Values of ``scheduled_jobs.session``.
+SESSION_VALUES = ("pre", "regular", "post")
+MAX_JOB_NAME_LENGTH = 100
+#: Shortest job interval, in minutes: one second (fast 24/7 jobs are legitimate; less would
+#: make APScheduler fire continuously).
+MIN_JOB_INTERVAL_MINUTES = 1 / 60
+#: Longest job interval, in minutes: one day. A job also fires at every session open, so a
+#: longer interval would change nothing.
+MAX_JOB_INTERVAL_MINUTES = 1440.0
+
+
+def check_job_name(raw: str) -> str:
+    """``raw`` without surrounding blanks, if it is a usable job name; else :class:`~errors.ConfigError`.
+
+    1 to 100 characters; no whitespace and no control, format (bidi overrides, zero-width)
+    or unassigned characters, which would hide or reorder text in a terminal or a log line.
+    """
+    name = raw.strip()
+    if not name:
+        raise ConfigError("job name is empty", name="name", value=raw)
+    if len(name) > MAX_JOB_NAME_LENGTH:
+        raise ConfigError(f"job name is longer than {MAX_JOB_NAME_LENGTH} characters: {name[:20]!r}...", name="name", value=raw)
+    for ch in name:
+        if ch.isspace():
+            raise ConfigError(f"bad job name {name!r}: no spaces", name="name", value=raw)
+        if unicodedata.category(ch).startswith("C"):
+            raise ConfigError(f"bad job name {name!r}: control or invisible character U+{ord(ch):04X}", name="name", value=raw)
+    return name
 
 
 @dataclass(frozen=True, slots=True)
 class JobDefinition:
-    """A named job: poll ``symbols`` every ``interval_minutes`` inside ``session`` of ``exchange``."""
+    """A named job: poll ``symbols`` every ``interval_minutes`` inside ``session`` of ``exchange``.
+
+    Validates itself (raises :class:`~errors.ConfigError` whose ``name`` is the bad field:
+    ``name``, ``session``, ``symbols``, ``interval`` or ``bar_interval``); the exchange
+    code is checked by the calendar that reads it.
+    """
 
     name: str
     session: str  # pre | regular | post
@@ -26,6 +81,38 @@ class JobDefinition:
     bar_interval: str = "5min"
     paused: bool = False
     updated_at: datetime | None = None  # set by the store; changes whenever the row is replaced
+
+    def __post_init__(self) -> None:
+        if check_job_name(self.name) != self.name:
+            raise ConfigError(f"bad job name {self.name!r}: surrounding blanks", name="name", value=self.name)
+        if self.session not in SESSION_VALUES:
+            raise ConfigError(f"unknown session {self.session!r} (one of {', '.join(SESSION_VALUES)})", name="session")
+        iv = self.interval_minutes
+        if not (isinstance(iv, int | float) and math.isfinite(iv) and MIN_JOB_INTERVAL_MINUTES <= iv <= MAX_JOB_INTERVAL_MINUTES):
+            raise ConfigError(
+                f"job interval must be from 1 second ({MIN_JOB_INTERVAL_MINUTES:.4f} min) to "
+                f"{MAX_JOB_INTERVAL_MINUTES:g} minutes, got {iv!r}", name="interval", value=iv,
+            )  # fmt: skip
+        if not self.symbols:
+            raise ConfigError("a job needs at least one symbol", name="symbols")
+        try:
+            bad = [s for s in self.symbols if normalize_symbol(s) != s]
+        except ValueError as exc:
+            raise ConfigError(str(exc), name="symbols") from None
+        if bad:
+            raise ConfigError(f"symbols must be upper case: {bad}", name="symbols")
+        if self.bar_interval not in INTERVALS:
+            raise ConfigError(f"unknown bar interval {self.bar_interval!r}", name="bar_interval", value=self.bar_interval)
+        if not self.exchange or not self.provider:
+            raise ConfigError("a job needs an exchange and a provider", name="exchange")
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidJob:
+    """A ``scheduled_jobs`` row that is not a valid job (edited by hand): skipped, and reported."""
+
+    name: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,16 +157,24 @@ class JobStore:
             q = sa.update(scheduled_jobs).where(scheduled_jobs.c.name == name).values(paused=paused, updated_at=now)
             return conn.execute(q).rowcount > 0
 
-    def all(self) -> list[JobDefinition]:
+    def load(self) -> tuple[list[JobDefinition], list[InvalidJob]]:
+        """Every row, by name: the valid jobs, and the rows that are not valid jobs (with the reason)."""
         with translate_db_errors("reading scheduled_jobs"), self.engine.connect() as conn:
             rows = conn.execute(sa.select(scheduled_jobs).order_by(scheduled_jobs.c.name)).mappings().all()
-        return [
-            JobDefinition(
-                r["name"], r["session"], r["exchange"], r["provider"], tuple(r["symbols"].split()),
-                float(r["interval_minutes"]), r["bar_interval"], bool(r["paused"]), _utc(r["updated_at"]),
-            )
-            for r in rows
-        ]  # fmt: skip
+        jobs, invalid = [], []
+        for r in rows:
+            try:
+                jobs.append(JobDefinition(
+                    r["name"], r["session"], r["exchange"], r["provider"], tuple((r["symbols"] or "").split()),
+                    float(r["interval_minutes"]), r["bar_interval"], bool(r["paused"]), _utc(r["updated_at"]),
+                ))  # fmt: skip
+            except (ConfigError, TypeError, ValueError) as exc:
+                invalid.append(InvalidJob(str(r["name"]), str(exc)))
+        return jobs, invalid
+
+    def all(self) -> list[JobDefinition]:
+        """The valid jobs, by name (see :meth:`load` for the invalid rows)."""
+        return self.load()[0]
 
     def last_runs(self) -> dict[str, LastRun]:
         """The newest ``etl_runs`` row of each job name."""

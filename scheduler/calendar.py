@@ -84,6 +84,17 @@ EXCHANGES: dict[str, ExchangeSpec] = {
     "24/7": ExchangeSpec("24/7", "24/7", always_open=True),
 }
 _ALIASES = {"NYSE": "XNYS", "NASDAQ": "XNAS", "CRYPTO": "24/7", "NSE": "XNSE", "GPW": "XWAR"}
+_SESSION_NAMES = {"pre": "pre-market", "regular": "regular", "post": "after-hours"}
+
+
+def _unknown_exchange(code: str) -> str:
+    """One line: the bad code, marketpoll's codes and aliases, and where the library's other names are."""
+    aliases = ", ".join(f"{a}={c}" for a, c in _ALIASES.items())
+    return (
+        f"unknown exchange {code!r}: use {', '.join(EXCHANGES)} (aliases {aliases}) or another "
+        "pandas_market_calendars name, e.g. XLON, XTKS, XHKG (all: python -c \"import pandas_market_calendars as m; "
+        "print(m.get_calendar_names())\")"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +216,7 @@ class MarketCalendar:
         try:
             self._cal = mcal.get_calendar(self.spec.library_name)
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise ConfigError(f"unknown exchange {code!r}", name="exchange", value=code) from exc
+            raise ConfigError(_unknown_exchange(code), name="exchange", value=code) from exc
         self.tz: tzinfo = ZoneInfo(str(self._cal.tz)) if str(self._cal.tz) != "UTC" else UTC
         self.tz_name = str(self._cal.tz)
         overrides = overrides or CalendarOverrides()
@@ -325,11 +336,25 @@ class MarketCalendar:
             if Session.REGULAR not in sessions:
                 raise SchedulingError(f"{self.code} trades around the clock: only the regular session exists")
             return Session.REGULAR, at - timedelta(days=1), at + timedelta(days=3650)
+        missing = [s for s in (Session.PRE, Session.POST) if s in sessions and not self._has(s)]
+        if missing and len(missing) == len(sessions):
+            raise SchedulingError(
+                f"{self.code} has no {' or '.join(_SESSION_NAMES[s.value] for s in missing)} session "
+                f"(it has: {', '.join(_SESSION_NAMES[s.value] for s in Session if s is not Session.CLOSED and self._has(s))})"
+            )
         for window in self.windows_from(at, sessions):
             return window
         raise SchedulingError(
             f"no {'/'.join(sorted(sessions))} session of {self.code} within {_SEARCH_DAYS} days of {at.isoformat()}"
         )
+
+    def _has(self, session: Session) -> bool:
+        """Whether this exchange has ``session`` at all (from its spec, not from a date)."""
+        if session is Session.PRE:
+            return self.spec.pre_start is not None
+        if session is Session.POST:
+            return bool(self.spec.post_minutes)
+        return session is Session.REGULAR
 
     def status(self, at: datetime) -> MarketStatus:
         at = at.astimezone(UTC)

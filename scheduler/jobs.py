@@ -3,7 +3,9 @@
 Jobs live as plain rows in ``scheduled_jobs`` (see :mod:`db.jobs`): the CLI writes them,
 and a running :meth:`MarketScheduler.run` re-reads the table every ``sync_seconds``, so a
 job scheduled, replaced or removed from another process takes effect within seconds and
-every job survives restarts. APScheduler keeps only an in-memory copy.
+every job survives restarts. APScheduler keeps only an in-memory copy. A row that is not a
+valid job (edited by hand: a sub-second interval, an unknown exchange) is skipped with one
+error log line, and the service goes on with the others.
 
 Each job fires at ``open + k * interval`` (k = 0, 1, ...) while the instant is inside its
 session, the session's close included (that fire collects the last bar): never on a
@@ -14,6 +16,7 @@ CronTrigger has known DST bugs: agronholm/apscheduler#606, #1021).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -26,13 +29,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from clock import Clock, SystemClock
-from db.jobs import JobDefinition, JobStore
+from db.jobs import InvalidJob, JobDefinition, JobStore, check_job_name
 from errors import ConfigError, MarketpollError
 from etl.pipeline import EtlPipeline
-from models.bar import INTERVALS, normalize_symbol
+from models.bar import normalize_symbol
 from scheduler.calendar import Calendars, MarketCalendar, Session
 
-__all__ = ["SessionTrigger", "MarketScheduler", "JOB_SESSIONS"]
+__all__ = ["SessionTrigger", "MarketScheduler", "JOB_SESSIONS", "define_job"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,29 @@ class SessionTrigger(BaseTrigger):
         return f"<SessionTrigger {self}>"
 
 
+def define_job(calendars: Calendars, now: datetime, name: str, session: Session, symbols, interval_minutes: float, *,
+               exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min") -> JobDefinition:  # fmt: skip
+    """A validated :class:`JobDefinition` (no database needed: the CLI checks before it connects).
+
+    Raises :class:`~errors.ConfigError` for a bad name, symbol, interval or exchange and
+    :class:`~errors.SchedulingError` for a session the exchange does not have.
+    """
+    name = check_job_name(name)
+    try:
+        syms = tuple(dict.fromkeys(normalize_symbol(s) for s in symbols))
+    except ValueError as exc:
+        raise ConfigError(str(exc), name="symbols") from None
+    try:
+        interval = float(interval_minutes)
+    except (TypeError, ValueError):
+        raise ConfigError(f"job interval must be a number of minutes, got {interval_minutes!r}", name="interval") from None
+    # validates name, session, symbols and intervals before the (slow) calendar is built
+    job = JobDefinition(name, Session(session).value, exchange, provider, syms, interval, bar_interval)
+    cal = calendars.get(exchange)  # validates the exchange code
+    cal.next_window(now, frozenset({Session(session)}))  # the session exists
+    return dataclasses.replace(job, exchange=cal.code)
+
+
 class MarketScheduler:
     """Named, session-keyed ETL jobs on an APScheduler ``BackgroundScheduler``.
 
@@ -104,6 +130,7 @@ class MarketScheduler:
         self.clock = clock or SystemClock()
         self.max_concurrent_jobs = max_concurrent_jobs
         self._loaded: dict[str, JobDefinition] = {}
+        self._rejected: dict[str, JobDefinition | InvalidJob] = {}  # skipped rows, each logged once
         self._scheduler: BackgroundScheduler | None = None
         self._sync_lock = threading.Lock()
 
@@ -113,24 +140,11 @@ class MarketScheduler:
                      exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min") -> bool:  # fmt: skip
         """Create or replace a named job; returns True if a job of that name was replaced.
 
-        Raises :class:`~errors.ConfigError` for a bad name, symbol, interval, session or exchange.
+        Raises :class:`~errors.ConfigError` for a bad name, symbol, interval or exchange and
+        :class:`~errors.SchedulingError` for a session the exchange does not have (see :func:`define_job`).
         """
-        name = name.strip()
-        if not name or len(name) > 100 or any(c.isspace() for c in name):
-            raise ConfigError(f"bad job name {name!r} (1-100 characters, no spaces)", name="name", value=name)
-        if not interval_minutes > 0:
-            raise ConfigError(f"job interval must be > 0 minutes, got {interval_minutes}", name="interval")
-        if bar_interval not in INTERVALS:
-            raise ConfigError(f"unknown bar interval {bar_interval!r}", name="bar_interval", value=bar_interval)
-        try:
-            syms = tuple(dict.fromkeys(normalize_symbol(s) for s in symbols))
-        except ValueError as exc:
-            raise ConfigError(str(exc), name="symbols") from None
-        if not syms:
-            raise ConfigError("a job needs at least one symbol", name="symbols")
-        cal = self.calendars.get(exchange)  # validates the exchange code
-        cal.next_window(self.clock.now(), frozenset({Session(session)}))  # the session exists
-        job = JobDefinition(name, Session(session).value, cal.code, provider, syms, float(interval_minutes), bar_interval)
+        job = define_job(self.calendars, self.clock.now(), name, session, symbols, interval_minutes,
+                         exchange=exchange, provider=provider, bar_interval=bar_interval)  # fmt: skip
         return self.store.put(job, self.clock.now())
 
     def schedule_market_hours_job(self, job_name: str, symbols, interval_minutes: float, **kw) -> bool:
@@ -148,14 +162,23 @@ class MarketScheduler:
     def trigger_for(self, job: JobDefinition) -> SessionTrigger:
         return SessionTrigger(self.calendars.get(job.exchange), Session(job.session), timedelta(minutes=job.interval_minutes))
 
-    def get_scheduled_jobs(self) -> list[dict]:
-        """Every job with its next run (UTC and exchange time) and its last run from ``etl_runs``."""
+    def get_scheduled_jobs(self, *, include_invalid: bool = False) -> list[dict]:
+        """Every job with its next run (UTC and exchange time) and its last run from ``etl_runs``.
+
+        Rows that are not valid jobs (edited by hand) are left out, or with ``include_invalid``
+        listed as ``{"name": ..., "error": ...}`` after the others.
+        """
         now = self.clock.now()
         last = self.store.last_runs()
-        out = []
-        for job in self.store.all():
-            cal = self.calendars.get(job.exchange)
-            nxt = None if job.paused else self.trigger_for(job).get_next_fire_time(None, now)
+        jobs, invalid = self.store.load()
+        out, bad = [], [{"name": row.name, "error": row.error} for row in invalid]
+        for job in jobs:
+            try:
+                cal = self.calendars.get(job.exchange)
+                nxt = None if job.paused else self.trigger_for(job).get_next_fire_time(None, now)
+            except MarketpollError as exc:
+                bad.append({"name": job.name, "error": str(exc)})
+                continue
             run = last.get(job.name)
             out.append({
                 "name": job.name, "session": job.session, "exchange": job.exchange, "provider": job.provider,
@@ -166,7 +189,7 @@ class MarketScheduler:
                 "last_run_status": run.status if run else None,
                 "last_run_started_at": run.started_at.isoformat() if run else None,
             })  # fmt: skip
-        return out
+        return out + sorted(bad, key=lambda b: b["name"]) if include_invalid else out
 
     # -- running -------------------------------------------------------------------------
 
@@ -175,7 +198,19 @@ class MarketScheduler:
         return self._scheduler is not None and self._scheduler.running
 
     def loaded_jobs(self) -> list[JobDefinition]:
+        """Jobs the running scheduler has read from the table (paused ones included, invalid rows not)."""
         return list(self._loaded.values())
+
+    def scheduled_job_ids(self) -> list[str]:
+        """Names of the jobs APScheduler holds right now (not paused, not skipped), sorted."""
+        if self._scheduler is None:
+            return []
+        return sorted(job.id for job in self._scheduler.get_jobs())
+
+    def next_run_time(self, name: str) -> datetime | None:
+        """When APScheduler will next fire job ``name`` (UTC), or None if it does not hold it."""
+        job = self._scheduler.get_job(name) if self._scheduler is not None else None
+        return job.next_run_time.astimezone(UTC) if job is not None and job.next_run_time is not None else None
 
     def run_now(self, name: str) -> bool:
         """Fire job ``name`` at once (outside its schedule); False if it is not loaded or is paused."""
@@ -211,29 +246,54 @@ class MarketScheduler:
     def _sync(self) -> None:
         assert self._scheduler is not None
         try:
-            wanted = {j.name: j for j in self.store.all()}
+            jobs, invalid = self.store.load()
         except MarketpollError as exc:
             log.warning("could not read scheduled jobs (keeping the current set): %s", exc)
             return
+        wanted = {j.name: j for j in jobs}
+        broken = {row.name: row for row in invalid}
         for name in set(self._loaded) - set(wanted):
             self._unschedule(name)
             del self._loaded[name]
-            log.info("job %s removed", name)
+            if name not in broken:
+                log.info("job %s removed", name)
+        for name in set(self._rejected) - set(wanted) - set(broken):
+            del self._rejected[name]  # the row was deleted
+        for name, row in broken.items():
+            self._reject(name, row, row.error)
         for name, job in wanted.items():
-            if self._loaded.get(name) == job:
+            if self._loaded.get(name) == job or self._rejected.get(name) == job:
                 continue
             self._unschedule(name)
+            self._loaded.pop(name, None)
+            try:
+                trigger = self.trigger_for(job)  # an unknown exchange fails here
+                if not job.paused:
+                    grace = max(5, int(job.interval_minutes * 30))  # half the interval, in seconds
+                    aps_job = self._scheduler.add_job(
+                        self.run_job, trigger, args=[name], id=name, name=name,
+                        misfire_grace_time=grace, coalesce=True, max_instances=1, replace_existing=True,
+                    )  # fmt: skip
+            except (MarketpollError, ValueError, OverflowError) as exc:
+                self._unschedule(name)
+                self._reject(name, job, str(exc))
+                continue
+            self._rejected.pop(name, None)
             self._loaded[name] = job
             if job.paused:
                 log.info("job %s is paused", name)
-                continue
-            grace = max(5, int(job.interval_minutes * 30))  # half the interval, in seconds
-            aps_job = self._scheduler.add_job(
-                self.run_job, self.trigger_for(job), args=[name], id=name, name=name,
-                misfire_grace_time=grace, coalesce=True, max_instances=1, replace_existing=True,
-            )  # fmt: skip
-            log.info("job %s: %s %s %s every %g min, next run %s", name, job.exchange, job.session,
-                     " ".join(job.symbols), job.interval_minutes, aps_job.next_run_time)  # fmt: skip
+            else:
+                log.info("job %s: %s %s %s every %g min, next run %s", name, job.exchange, job.session,
+                         " ".join(job.symbols), job.interval_minutes, aps_job.next_run_time)  # fmt: skip
+
+    def _reject(self, name: str, row: JobDefinition | InvalidJob, error: str) -> None:
+        """Skip a row that is not a valid job; log it once (again only when the row changes)."""
+        if self._rejected.get(name) == row:
+            return
+        self._unschedule(name)
+        self._loaded.pop(name, None)
+        self._rejected[name] = row
+        log.error("job %r skipped: %s (fix it with the CLI, or delete its scheduled_jobs row)", name, error)
 
     def _unschedule(self, name: str) -> None:
         if self._scheduler.get_job(name) is not None:  # a paused job is loaded but not scheduled

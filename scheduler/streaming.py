@@ -1,10 +1,13 @@
 """The seed's DataStreamingService: continuous polling in a background thread, visible to
 (and stoppable from) other processes through a small state file.
 
-The state file (``STREAM_STATE_FILE``, JSON, replaced atomically) holds the streaming
-process's pid, start time, symbols, interval, last cycle and next cycle. ``status`` reads
-it and checks the pid is alive; ``stop`` sends that pid SIGTERM and waits for the graceful
-shutdown (in-flight batches commit or roll back, the cycle is recorded as interrupted).
+The state file (JSON, replaced atomically) holds the streaming process's pid, start time,
+symbols, interval, last cycle and next cycle. It lives in the per-user state directory,
+``$XDG_STATE_HOME/marketpoll/stream.json`` (default ``~/.local/state/marketpoll/``; the
+``STREAM_STATE_FILE`` setting overrides it), so ``--streaming-status`` and
+``--stop-streaming`` find it from any working directory. ``status`` reads it and checks
+the pid is alive; ``stop`` sends that pid SIGTERM and waits for the graceful shutdown
+(in-flight batches commit or roll back, the cycle is recorded as interrupted).
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def read_state(path: Path) -> dict | None:
+    """The state in ``path``, or None when there is none (no file or directory yet, or not JSON)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        state = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 class DataStreamingService:
@@ -79,6 +84,7 @@ class DataStreamingService:
 
     def start_streaming(self, config: PollingConfig) -> None:
         """Start polling in a background thread (returns at once)."""
+        self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the XDG state directory is private
         self._write(pid=os.getpid(), is_running=True, started_at=self.clock.now().isoformat(), symbols=list(config.symbols),
                     interval_minutes=config.interval_minutes, max_iterations=config.max_iterations,
                     last_cycle=None, next_cycle_at=None, stopped_at=None)  # fmt: skip

@@ -60,10 +60,15 @@ def unit_path(user: bool, home: Path | None = None) -> Path:
 
 
 def unit_file(*, checkout: Path, python: str = sys.executable, args: list[str], shutdown_timeout_seconds: float,
-              user: bool, watchdog_seconds: int = 60) -> str:  # fmt: skip
-    """The unit for this checkout and interpreter (Type=notify, watchdog, restart on failure)."""
+              user: bool, watchdog_seconds: int = 60, database: str | None = None) -> str:  # fmt: skip
+    """The unit for this checkout and interpreter (Type=notify, watchdog, restart on failure).
+
+    ``database`` (a description with any password already hidden: :func:`db.describe_url`)
+    goes into a comment; nothing secret is ever written into the unit.
+    """
     cmd = " ".join([python, str(checkout / "main.py"), *args])
     stop_timeout = int(shutdown_timeout_seconds + 15)
+    db_line = f"# database: {''.join(c if c.isprintable() else '?' for c in database)}\n" if database else ""
     return f"""[Unit]
 Description=marketpoll: market-aware ETL of market data into PostgreSQL
 Documentation=file://{checkout / "README.md"}
@@ -74,7 +79,8 @@ Wants=network-online.target
 Type=notify
 NotifyAccess=main
 WorkingDirectory={checkout}
-EnvironmentFile=-{checkout / ".env"}
+# settings (DATABASE_URL, keys) come from this file only, not from the shell that installed the unit
+{db_line}EnvironmentFile=-{checkout / ".env"}
 ExecStart={cmd}
 Restart=on-failure
 RestartSec=5

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from errors import ConfigError
+from errors import ConfigError, SchedulingError
 from scheduler.calendar import CalendarOverrides, Calendars, MarketCalendar, Session
 
 
@@ -138,6 +138,29 @@ def test_bad_overrides_file_is_a_config_error(tmp_path, content):
         CalendarOverrides.load(f)
 
 
-def test_unknown_exchange_is_a_config_error():
-    with pytest.raises(ConfigError):
+def test_unknown_exchange_is_a_config_error_that_lists_the_valid_codes():
+    with pytest.raises(ConfigError) as info:
         MarketCalendar("XNOPE")
+    message = str(info.value)
+    assert "\n" not in message and "'XNOPE'" in message
+    for code in ("XNYS", "XNAS", "XWAR", "XNSE", "24/7", "CRYPTO", "NYSE", "GPW"):  # our codes and aliases
+        assert code in message
+    assert "get_calendar_names" in message  # where the library's other names are
+
+
+@pytest.mark.parametrize(
+    ("code", "sessions", "message"),
+    [
+        ("XWAR", {Session.PRE}, "XWAR has no pre-market session"),
+        ("XWAR", {Session.POST}, "XWAR has no after-hours session"),
+        ("XNSE", {Session.POST}, "XNSE has no after-hours session"),
+        ("XLON", {Session.PRE}, "XLON has no pre-market session"),  # any library calendar: regular only
+    ],
+)
+def test_a_missing_extended_session_says_so(code, sessions, message):
+    cal = Calendars().get(code)
+    with pytest.raises(SchedulingError) as info:
+        cal.next_window(utc("2024-03-11T12:00:00Z"), frozenset(sessions))
+    assert message in str(info.value)
+    # asking for several sessions is fine when one of them exists
+    assert cal.next_window(utc("2024-03-11T12:00:00Z"), frozenset(Session))[0] in (Session.PRE, Session.REGULAR)

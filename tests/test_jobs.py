@@ -3,23 +3,71 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+import sqlalchemy as sa
 
 from clock import ManualClock
-from db.jobs import JobStore
-from errors import ConfigError
+from db.jobs import JobDefinition, JobStore, check_job_name
+from errors import ConfigError, SchedulingError
 from scheduler.calendar import Calendars, Session
 from scheduler.jobs import MarketScheduler, SessionTrigger
 from support import ROOT
 
 CALS = Calendars()
+
+
+def wait_for(condition, what: str, timeout: float = 20.0):
+    """Poll ``condition`` until it is truthy (a generous deadline, not an elapsed-time assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = condition()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
+
+
+class NoPipeline:
+    """What a job's fire would run on: counts cycles, fetches nothing."""
+
+    def __init__(self) -> None:
+        self.provider = SimpleNamespace(budget=None)
+        self.cycles: list[str] = []
+
+    def run_cycle(self, symbols, interval, *, job_name):
+        self.cycles.append(job_name)
+
+
+@pytest.fixture(params=["sqlite"])
+def running(request):
+    """A MarketScheduler running (real BackgroundScheduler, 50 ms table syncs) in a thread; yields it.
+
+    SQLite unless a test parametrizes ``running`` indirectly with ``"postgresql"``.
+    """
+    store = JobStore(request.getfixturevalue("pg_engine" if request.param == "postgresql" else "sqlite_engine"))
+    pipeline = NoPipeline()
+    sched = MarketScheduler(store, pipeline_for=lambda _p: pipeline, calendars=CALS,
+                            clock=ManualClock(utc("2024-03-11T15:00:00Z")))  # fmt: skip
+    stop = threading.Event()
+    runner = threading.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
+    runner.start()
+    wait_for(lambda: sched.running, "the scheduler started")
+    sched.runner = runner
+    try:
+        yield sched
+    finally:
+        stop.set()
+        runner.join(timeout=10)
 
 
 def utc(s: str) -> datetime:
@@ -112,21 +160,52 @@ def test_store_put_replace_remove_and_last_run(engine):
 
 @pytest.mark.parametrize(
     ("args", "name"),
-    [(("bad name", ["A"], 5), "name"), (("j", ["A B"], 5), "symbols"), (("j", ["A"], 0), "interval"), (("j", [], 5), "symbols")],
+    [
+        (("bad name", ["A"], 5), "name"),
+        (("j", ["A B"], 5), "symbols"),
+        (("j", ["A"], 0), "interval"),
+        (("j", [], 5), "symbols"),
+        (("bell\x07", ["A"], 5), "name"),  # control character
+        (("esc\x1b[2J", ["A"], 5), "name"),  # a terminal escape
+        (("\u202eboj", ["A"], 5), "name"),  # RIGHT-TO-LEFT OVERRIDE: shows as "job" reversed
+        (("zero\u200bwidth", ["A"], 5), "name"),  # ZERO WIDTH SPACE
+        (("j", ["A"], 0.5 / 60), "interval"),  # half a second: below the 1-second floor
+        (("j", ["A"], 1e-9), "interval"),  # used to be accepted, then killed the service
+        (("j", ["A"], 1441), "interval"),
+        (("j", ["A"], float("inf")), "interval"),
+    ],
 )
 def test_bad_job_definitions_are_rejected(sqlite_engine, args, name):
     sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p: None, calendars=CALS)
     with pytest.raises(ConfigError) as info:
         sched.schedule_market_hours_job(*args)
     assert info.value.name == name
+    assert JobStore(sqlite_engine).load() == ([], [])  # nothing was written
+
+
+def test_job_names_and_interval_bounds():
+    assert check_job_name("  daily-IBM_1.5m  ") == "daily-IBM_1.5m" and check_job_name("zürich") == "zürich"
+    job = JobDefinition("fast", "regular", "24/7", "demo", ("BTC-USD",), 1 / 60)  # one second: fast 24/7 jobs are fine
+    assert job.interval_minutes * 60 == pytest.approx(1.0)
+    assert JobDefinition("slow", "regular", "XNYS", "demo", ("IBM",), 1440).interval_minutes == 1440
+
+
+def test_pre_market_job_on_an_exchange_without_one_says_so(sqlite_engine):
+    sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p: None, calendars=CALS)
+    with pytest.raises(SchedulingError, match="XWAR has no pre-market session"):
+        sched.schedule_pre_market_job("early", ["PKO"], 15, exchange="XWAR")
+    with pytest.raises(SchedulingError, match="XNSE has no after-hours session"):
+        sched.schedule_after_hours_job("late", ["INFY"], 15, exchange="XNSE")
 
 
 def test_job_scheduled_from_one_process_runs_in_another(tmp_path, pg_engine, pg_url):
     env = {**os.environ, "DATABASE_URL": pg_url}
     main = [sys.executable, str(ROOT / "main.py")]
-    runner = subprocess.Popen([*main, "--run-scheduled-jobs"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    log_file = tmp_path / "runner.log"
+    with open(log_file, "w") as log_out:
+        runner = subprocess.Popen([*main, "--run-scheduled-jobs"], cwd=tmp_path, env=env, stderr=log_out, text=True)
     try:
-        time.sleep(1.5)  # the scheduler is up and has synced an empty table
+        wait_for(lambda: "scheduler running" in log_file.read_text(), "the scheduler is up (and syncs an empty table)")
         sched = subprocess.run(
             [*main, "--schedule-market-job", "crypto", "--job-symbols", "BTC-USD", "--job-interval", "0.02",
              "--exchange", "24/7", "--interval", "1min"],
@@ -142,6 +221,15 @@ def test_job_scheduled_from_one_process_runs_in_another(tmp_path, pg_engine, pg_
                 ).scalar()
             time.sleep(0.3)
         assert runs >= 2, "the running scheduler picked the new job up and ran it"
+        with pg_engine.begin() as c:  # pause it (as the API does) so its last run is settled when we look
+            c.exec_driver_sql("UPDATE scheduled_jobs SET paused = true, updated_at = now() WHERE name = 'crypto'")
+        wait_for(lambda: "job crypto is paused" in log_file.read_text(), "the runner saw the pause")
+
+        def settled():
+            with pg_engine.connect() as c:
+                return not c.exec_driver_sql("SELECT count(*) FROM etl_runs WHERE status = 'running'").scalar()
+
+        wait_for(settled, "the last run finished")
         shown = subprocess.run(
             [*main, "--show-scheduled-jobs"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
         )
@@ -149,7 +237,8 @@ def test_job_scheduled_from_one_process_runs_in_another(tmp_path, pg_engine, pg_
         assert job["name"] == "crypto" and job["last_run_status"] == "succeeded"
     finally:
         runner.send_signal(signal.SIGTERM)
-        _, err = runner.communicate(timeout=30)
+        runner.wait(timeout=30)
+    err = log_file.read_text()
     assert runner.returncode == 0, err
     assert "SIGTERM received" in err and "scheduler stopped" in err
     with pg_engine.connect() as c:
@@ -157,30 +246,67 @@ def test_job_scheduled_from_one_process_runs_in_another(tmp_path, pg_engine, pg_
         assert c.exec_driver_sql("SELECT count(*) FROM etl_runs WHERE status = 'running'").scalar() == 0
 
 
-def test_pause_resume_and_remove_of_a_paused_job_resync_cleanly(sqlite_engine):
-    import threading as _t
-
-    store = JobStore(sqlite_engine)
-    clock = ManualClock(utc("2024-03-11T15:00:00Z"))
-    sched = MarketScheduler(store, pipeline_for=lambda _p: None, calendars=CALS, clock=clock)
+def test_pause_resume_and_remove_of_a_paused_job_resync_cleanly(running):
+    sched, store = running, running.store
+    now = sched.clock.now()
     sched.schedule_market_hours_job("j", ["AAPL"], 5)
-    stop = _t.Event()
-    runner = _t.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
-    runner.start()
-    try:
-        time.sleep(0.3)
-        assert [j.name for j in sched.loaded_jobs()] == ["j"] and sched._scheduler.get_job("j") is not None
-        store.set_paused("j", True, clock.now())
-        sched.sync()
-        assert sched._scheduler.get_job("j") is None
-        store.set_paused("j", False, clock.now())
-        sched.sync()  # used to raise JobLookupError: the paused job was loaded but not scheduled
-        assert sched._scheduler.get_job("j") is not None
-        store.set_paused("j", True, clock.now())
-        sched.sync()
-        sched.remove_job("j")
-        sched.sync()
-        assert sched.loaded_jobs() == []
-    finally:
-        stop.set()
-        runner.join(timeout=10)
+    wait_for(lambda: sched.scheduled_job_ids() == ["j"], "the job is picked up")
+    assert [j.name for j in sched.loaded_jobs()] == ["j"] and sched.next_run_time("j") is not None
+    store.set_paused("j", True, now)
+    sched.sync()
+    assert sched.scheduled_job_ids() == [] and sched.next_run_time("j") is None
+    store.set_paused("j", False, now)
+    sched.sync()  # used to raise JobLookupError: the paused job was loaded but not scheduled
+    assert sched.scheduled_job_ids() == ["j"]
+    store.set_paused("j", True, now)
+    sched.sync()
+    sched.remove_job("j")
+    sched.sync()
+    assert sched.loaded_jobs() == [] and sched.scheduled_job_ids() == []
+
+
+def test_next_run_time_is_the_session_trigger_s(running):
+    sched = running
+    sched.schedule_market_hours_job("daily", ["IBM"], 30, exchange="XNYS")
+    nxt = wait_for(lambda: sched.next_run_time("daily"), "the job is scheduled")
+    trig = sched.trigger_for(sched.store.all()[0])
+    assert nxt.tzinfo is not None and nxt == trig.get_next_fire_time(None, nxt - timedelta(microseconds=1))
+    assert sched.next_run_time("nosuch") is None
+
+
+@pytest.mark.parametrize(
+    ("running", "column", "value"),
+    [
+        # values the table's CHECK constraints let through (interval_minutes > 0, session IN (...))
+        ("sqlite", "interval_minutes", 1e-9),  # used to raise out of the sync loop and stop the service
+        ("sqlite", "interval_minutes", 1e300),
+        ("postgresql", "interval_minutes", float("nan")),  # 'NaN' > 0 holds in PostgreSQL
+        ("sqlite", "exchange", "XNOPE"),
+        ("sqlite", "bar_interval", "7min"),
+        ("sqlite", "symbols", ""),
+        ("sqlite", "name", "bad\u202ename"),
+    ],
+    indirect=["running"],
+)
+def test_a_job_row_edited_into_nonsense_is_skipped_and_the_service_goes_on(running, caplog, column, value):
+    sched, engine = running, running.store.engine
+    caplog.set_level(logging.ERROR, logger="scheduler.jobs")
+    sched.schedule_market_hours_job("good", ["IBM"], 5)
+    sched.schedule_market_hours_job("bad", ["MSFT"], 5)
+    wait_for(lambda: sched.scheduled_job_ids() == ["bad", "good"], "both jobs are picked up")
+    with engine.begin() as c:  # a hand edit, as a user with psql would make it
+        c.execute(sa.text(f"UPDATE scheduled_jobs SET {column} = :v WHERE name = 'bad'"), {"v": value})
+    wait_for(lambda: sched.scheduled_job_ids() == ["good"], "the bad row is dropped, the good job stays")
+    time.sleep(0.3)  # several more syncs: still running, and the error is logged once, not every sync
+    assert sched.running and sched.runner.is_alive()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and "skipped" in r.getMessage()]
+    assert len(errors) == 1, errors
+    assert "fix it with the CLI, or delete its scheduled_jobs row" in errors[0]
+    shown = sched.get_scheduled_jobs(include_invalid=True)
+    assert [j["name"] for j in shown if "error" not in j] == ["good"]
+    assert [j["error"] for j in shown if "error" in j] and [j["name"] for j in sched.get_scheduled_jobs()] == ["good"]
+    # fixed by the CLI: back in the schedule
+    with engine.begin() as c:
+        c.execute(sa.text("DELETE FROM scheduled_jobs WHERE name <> 'good'"))
+    sched.schedule_market_hours_job("bad", ["MSFT"], 5)
+    wait_for(lambda: sched.scheduled_job_ids() == ["bad", "good"], "the fixed job is picked up again")

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from errors import ConfigError
+from etl.ratelimit import parse_rates
 from etl.redact import RedactingFormatter, Redactor, redact_url
-from settings import Settings
+from settings import Settings, absolute_sqlite_url
 
 
 def test_redact_url_masks_credential_parameters_only():
@@ -34,15 +36,42 @@ def test_short_placeholder_keys_are_not_treated_as_secrets():
 
 def test_settings_from_env_and_defaults():
     s = Settings.from_env(
-        {"DATABASE_URL": "sqlite:///x.db", "RETRY_MAX_ATTEMPTS": "2", "ALPHA_VANTAGE_EXTENDED_HOURS": "false", "LOG_LEVEL": ""}
+        {"DATABASE_URL": "sqlite:///x.db", "RETRY_MAX_ATTEMPTS": "2", "ALPHA_VANTAGE_EXTENDED_HOURS": "false", "LOG_LEVEL": ""},
+        cwd=Path("/srv/marketpoll"),
     )
     assert (s.database_url, s.retry_max_attempts, s.alpha_vantage_extended_hours, s.log_level) == (
-        "sqlite:///x.db",
+        "sqlite:////srv/marketpoll/x.db",  # made absolute at start: the path every log line names
         2,
         False,
         "INFO",
     )
     assert s.retry_policy.max_attempts == 2
+
+
+def test_relative_sqlite_paths_become_absolute_and_other_urls_stay():
+    cwd = Path("/home/u/work")
+    assert Settings.from_env({}, cwd=cwd).database_url == "sqlite:////home/u/work/marketpoll.db"  # the default too
+    assert Settings.from_env({}, cwd=cwd, database_url="sqlite:///../db/m.db").database_url == "sqlite:////home/u/db/m.db"
+    for url in ("sqlite:////var/lib/m.db", "sqlite://", "sqlite:///:memory:", "postgresql://u:pw@h:5432/d"):
+        assert absolute_sqlite_url(url, cwd) == url
+
+
+def test_each_provider_gets_its_default_rate_budget():
+    # the setting is alpha_vantage_rate_limit, the provider is "alphavantage": the default used to be lost
+    assert parse_rates(Settings.from_env({}).rate_limit_for("alphavantage")) == parse_rates("1/second 25/day")
+    s = Settings.from_env({"ALPHA_VANTAGE_RATE_LIMIT": "75/minute", "DEMO_RATE_LIMIT": "5/second"})
+    assert (s.rate_limit_for("alphavantage"), s.rate_limit_for("demo")) == ("75/minute", "5/second")
+    assert Settings.from_env({}).rate_limit_for("demo") is None  # the demo has none unless set
+
+
+def test_stream_state_lives_in_the_per_user_state_directory():
+    assert Settings.from_env({"XDG_STATE_HOME": "/xdg"}).stream_state_file == "/xdg/marketpoll/stream.json"
+    assert Settings.from_env({"HOME": "/home/u"}).stream_state_file == "/home/u/.local/state/marketpoll/stream.json"
+    # a relative XDG_STATE_HOME is invalid per the XDG spec and ignored
+    relative = Settings.from_env({"XDG_STATE_HOME": "rel", "HOME": "/h"})
+    assert relative.stream_state_file == "/h/.local/state/marketpoll/stream.json"
+    s = Settings.from_env({"STREAM_STATE_FILE": "s.json", "XDG_STATE_HOME": "/xdg"}, cwd=Path("/w"))
+    assert s.stream_state_file == "/w/s.json"
 
 
 @pytest.mark.parametrize(
@@ -53,6 +82,10 @@ def test_settings_from_env_and_defaults():
         ("ALPHA_VANTAGE_DATATYPE", "xml"),
         ("ALPHA_VANTAGE_MONTH", "2024-13"),
         ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
+        ("HTTP_READ_TIMEOUT_SECONDS", "nan"),
+        ("RETRY_INITIAL_DELAY_SECONDS", "inf"),
+        ("HTTP_TOTAL_TIMEOUT_SECONDS", "NaN"),
+        ("RETRY_MAX_DELAY_SECONDS", "1e300"),
     ],
 )
 def test_bad_settings_name_the_variable(var, value):
