@@ -33,15 +33,19 @@ __all__ = ["ServiceApi", "job_health"]
 log = logging.getLogger(__name__)
 
 
-def job_health(trigger, interval: timedelta, last_success: datetime | None, now: datetime) -> tuple[bool, float | None]:
+def job_health(
+    trigger, interval: timedelta, last_success: datetime | None, now: datetime, *, since: datetime | None = None
+) -> tuple[bool, float | None]:
     """(healthy, lag seconds) of one job, pure.
 
     Unhealthy when a fire was due in the window [now - 2 intervals, now - interval/2] (a
-    cycle had time to finish) and no cycle succeeded since that window began. ``lag`` is
-    the time since the last success (None if there was none).
+    cycle had time to finish) and no cycle succeeded since that window began. ``since`` (when
+    the job was scheduled, replaced or resumed) shortens the window: fires due before the job
+    existed, or while it was paused, are not held against it. ``lag`` is the time since the
+    last success (None if there was none).
     """
     lag = (now - last_success).total_seconds() if last_success else None
-    window_start = now - 2 * interval
+    window_start = now - 2 * interval if since is None else max(now - 2 * interval, since)
     due = trigger.get_next_fire_time(None, window_start)
     if due is None or due > now - interval / 2:
         return True, lag  # nothing was due lately (outside the session, or just scheduled)
@@ -142,7 +146,8 @@ class ServiceApi:
             if job.paused:
                 out.append({"name": job.name, "paused": True, "healthy": True})
                 continue
-            healthy, lag = job_health(self.scheduler.trigger_for(job), _interval(job), successes.get(job.name), now)
+            healthy, lag = job_health(self.scheduler.trigger_for(job), _interval(job), successes.get(job.name), now,
+                                      since=job.updated_at)  # fmt: skip
             ok &= healthy
             out.append({"name": job.name, "healthy": healthy, "lag_seconds": round(lag, 1) if lag is not None else None})
         return ok, out

@@ -1,9 +1,23 @@
-"""Shared fixtures: a real PostgreSQL scratch database, SQLite files, a loopback replay server.
+"""Shared fixtures: a real PostgreSQL scratch database, SQLite files, a loopback replay server, a fixed clock.
 
 PostgreSQL is required: when it cannot be reached the tests that need it *error*
 (they never skip), so a missing database cannot pass CI unnoticed.
 ``MARKETPOLL_TEST_ADMIN_URL`` names a database to connect to for creating the
 scratch one (default: the machine's ``postgres@127.0.0.1:5432/test``).
+
+Every test that needs the server (it uses ``pg_url``, directly or through ``pg_engine``,
+or is the ``postgresql`` case of ``engine``) is marked ``postgres`` at collection, so
+``python -m pytest -m "not postgres"`` runs the rest on a machine without PostgreSQL, and
+``-m postgres`` only those.
+
+Time: ``manual_clock`` is a :class:`clock.ManualClock` standing at :data:`support.FIXED_NOW`
+(Monday 2024-03-11 15:00 UTC, 11:00 New York, XNYS regular session); it moves only when
+the test moves it (``advance``, ``set``) or code under test sleeps on it. Pass it wherever
+the code under test takes ``clock=``, so no result depends on the day the suite runs.
+
+Data: ``support.fixture(name)`` reads our own payloads in tests/fixtures/, present in every
+clone; ``support.real(name)`` reads a real recording from ../shared/data/real and skips the
+test, with that reason, where it is absent (a fresh clone).
 """
 
 from __future__ import annotations
@@ -22,12 +36,29 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from clock import ManualClock  # noqa: E402
 from db.engine import make_engine  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
 from etl.loopback import LoopbackServer, Reply  # noqa: E402
+from support import FIXED_NOW  # noqa: E402
 
 ADMIN_URL = os.environ.get("MARKETPOLL_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SCRATCH_DB = f"marketpoll_test_{os.getpid()}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``postgres`` every test that needs the server (see the module docstring)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("engine") == "postgresql"
+        if "pg_url" in getattr(item, "fixturenames", ()) or on_postgres:
+            item.add_marker(pytest.mark.postgres)
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A fresh :class:`clock.ManualClock` at :data:`support.FIXED_NOW` (2024-03-11T15:00:00Z)."""
+    return ManualClock(FIXED_NOW)
 
 
 def _admin():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ FIXTURES = ROOT / "tests" / "fixtures"
 #: Real recorded API responses, read in place (see shared/data/real/PROVENANCE.md); CI has them,
 #: a fresh clone does not.
 REAL = ROOT.parent / "shared" / "data" / "real"
+#: The instant the ``manual_clock`` fixture starts at: Monday 2024-03-11 11:00 New York (EDT, the
+#: first trading day after the US DST switch), inside XNYS's regular session.
+FIXED_NOW = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)
 
 
 def fixture(name: str) -> bytes:
@@ -23,7 +28,11 @@ def fixture(name: str) -> bytes:
 
 
 def real(name: str) -> bytes:
-    """A real recording from ``../shared/data/real``; the calling test is skipped, with that reason, without it."""
+    """A real recording from ``../shared/data/real``; the calling test is skipped, with that reason, without it.
+
+    Call it in the test body or a fixture, never inside a loopback server's handler: the skip
+    would be raised in the server's thread, and the test would see a dropped connection.
+    """
     path = REAL / name
     if not path.exists():
         pytest.skip(f"real recording {name} needs ../shared/data/real beside the checkout (CI has it)")
@@ -32,3 +41,47 @@ def real(name: str) -> bytes:
 
 def ok(body: bytes, content_type: str = "application/json") -> Reply:
     return 200, {"Content-Type": content_type}, body
+
+
+def as_symbol(body: bytes, symbol: str) -> bytes:
+    """An Alpha Vantage JSON reply (e.g. a fixture) relabelled as ``symbol``'s, in its ``Meta Data``.
+
+    The provider refuses a reply about another symbol than it asked for, so a replay serving one
+    fixture for many symbols relabels it per request.
+    """
+    obj = json.loads(body.decode("utf-8-sig"))
+    meta = obj["Meta Data"]
+    key = next(k for k in meta if k.endswith(". Symbol"))
+    meta[key] = symbol
+    return json.dumps(obj, indent=4).encode()
+
+
+#: (function, symbol, Alpha Vantage interval or None, datatype) -> our fixture with that reply.
+AV_FIXTURES = {
+    ("TIME_SERIES_INTRADAY", "MSFT", "1min", "json"): ("alphavantage/intraday_1min_MSFT.json", "application/json"),
+    ("TIME_SERIES_INTRADAY", "IBM", "5min", "csv"): ("alphavantage/intraday_5min_IBM.csv", "application/x-download"),
+    ("TIME_SERIES_DAILY", "MSFT", None, "json"): ("alphavantage/daily_MSFT.json", "application/json"),
+    ("TIME_SERIES_DAILY", "IBM", None, "csv"): ("alphavantage/daily_IBM.csv", "application/x-download"),
+}
+
+
+def alphavantage_route(api_key: str):
+    """A replay route answering like Alpha Vantage from :data:`AV_FIXTURES`, for ``replay(route)``.
+
+    A request without ``api_key`` gets Alpha Vantage's missing-key reply; a known (function,
+    symbol, interval, datatype) gets its fixture; anything else (an unknown symbol) gets the
+    ``"Error Message"`` reply. Every answer is HTTP 200, as Alpha Vantage's are.
+    """
+    missing_key = json.dumps({"Error Message": "the parameter apikey is invalid or missing. Please claim your free API key "
+                              "on (https://www.alphavantage.co/support/#api-key)."}).encode()  # fmt: skip
+
+    def route(_path: str, q: dict[str, str]) -> Reply:
+        if q.get("apikey") != api_key:
+            return ok(missing_key)
+        key = (q.get("function"), q.get("symbol"), q.get("interval"), q.get("datatype", "json"))
+        if key in AV_FIXTURES:
+            name, content_type = AV_FIXTURES[key]
+            return ok(fixture(name), content_type)
+        return ok(fixture("alphavantage/error_invalid_call.json"))
+
+    return route

@@ -1,4 +1,8 @@
-"""The demo provider: Alpha Vantage's wire format from the in-process simulator."""
+"""The demo provider (Alpha Vantage's wire format from the in-process simulator), and the provider
+contract on both of marketpoll's Alpha Vantage clients: the demo, and the plain
+``AlphaVantageProvider`` with a real-looking API key over loopback HTTP to a replay of our fixtures
+(so that the contract's secret checks have a secret to look for).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ import requests
 
 from clock import ManualClock
 from contract import ProviderContract
-from etl.providers.alphavantage import AlphaVantageConfig, parse_response
+from errors import InvalidSymbol
+from etl.providers.alphavantage import AlphaVantageConfig, AlphaVantageProvider, parse_response
 from etl.providers.demo import DemoMarket, DemoProvider
 from etl.transform import zone
-from support import real
+from support import alphavantage_route, fixture, real
 
 NY = zone("US/Eastern")
 MONDAY_1000_EDT = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
@@ -28,6 +33,44 @@ class TestContract(ProviderContract):
     @pytest.fixture
     def unknown_symbol(self):
         return "INVALIDX"
+
+
+#: Shaped like an Alpha Vantage key (16 upper-case letters and digits); long enough for the redactor.
+AV_KEY = "Q7XW2ZL9M4KD8RTA"
+
+
+class TestAlphaVantageContract(ProviderContract):
+    """The real client with a secret key; the server answers per symbol from tests/fixtures/alphavantage."""
+
+    GOOD_SYMBOL, INTERVAL, DATATYPE = "IBM", "5min", "csv"
+
+    @pytest.fixture
+    def server(self, replay):
+        return replay(alphavantage_route(AV_KEY))
+
+    @pytest.fixture
+    def provider(self, server):
+        with AlphaVantageProvider(AlphaVantageConfig(api_key=AV_KEY, base_url=server.url, datatype=self.DATATYPE)) as p:
+            yield p
+
+    @pytest.fixture
+    def unknown_symbol(self):
+        return "NOSUCH"
+
+    @pytest.fixture
+    def api_secrets(self):
+        return [AV_KEY]
+
+    def test_the_key_goes_out_with_every_request(self, provider, server, unknown_symbol):
+        # what makes the secret checks above meaningful: the key really was in the URLs that failed
+        assert len(provider.fetch_bars(self.GOOD_SYMBOL, self.INTERVAL).bars) == 100
+        with pytest.raises(InvalidSymbol):
+            provider.fetch_bars(unknown_symbol, self.INTERVAL)
+        assert [(q["symbol"], q["apikey"]) for _, q in server.requests] == [(self.GOOD_SYMBOL, AV_KEY), (unknown_symbol, AV_KEY)]
+
+
+class TestAlphaVantageJsonContract(TestAlphaVantageContract):
+    GOOD_SYMBOL, INTERVAL, DATATYPE = "MSFT", "1min", "json"
 
 
 def test_json_and_csv_carry_the_same_bars():
@@ -57,11 +100,18 @@ def test_saturday_serves_fridays_after_hours():
     assert bars[-1].ts.astimezone(NY).strftime("%a %H:%M") == "Fri 19:55"
 
 
-def test_wire_format_matches_a_real_alpha_vantage_reply():
+@pytest.mark.parametrize(
+    ("read", "name"),
+    [
+        pytest.param(fixture, "alphavantage/intraday_1min_MSFT.json", id="our-fixture"),
+        pytest.param(real, "alphavantage_intraday_1min_MSFT_compact_2017-12-18.json", id="real-recording"),
+    ],
+)
+def test_wire_format_matches_an_alpha_vantage_reply(read, name):
     status, headers, body = DemoMarket(ManualClock(MONDAY_1000_EDT)).reply(
         "/query", {"function": "TIME_SERIES_INTRADAY", "symbol": "MSFT", "interval": "1min", "apikey": "demo"}
     )
-    ours, theirs = json.loads(body), json.loads(real("alphavantage_intraday_1min_MSFT_compact_2017-12-18.json"))
+    ours, theirs = json.loads(body), json.loads(read(name))
     assert status == 200 and headers["Content-Type"] == "application/json"
     assert list(ours) == list(theirs)
     assert list(ours["Meta Data"]) == list(theirs["Meta Data"])

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from support import ROOT, fixture, ok
+from support import ROOT, as_symbol, fixture, ok
 
 BODY = fixture("alphavantage/intraday_1min_MSFT.json")
 SYMBOLS = ["AAA", "BBB", "SLOWX", "CCC", "DDD", "EEE", "FFF"]
@@ -22,7 +22,7 @@ def test_sigterm_mid_cycle_loses_nothing_and_half_writes_nothing(tmp_path, repla
     def route(_p, q):
         if slow.is_set():
             time.sleep(20 if q["symbol"] == "SLOWX" else 0.4)  # a hung request among slow ones
-        return ok(BODY)
+        return ok(as_symbol(BODY, q["symbol"]))
 
     srv = replay(route)
     env = {**os.environ, "DATABASE_URL": pg_url, "ALPHA_VANTAGE_API_KEY": "SHUTDOWNKEY1", "ALPHA_VANTAGE_BASE_URL": srv.url,
@@ -62,7 +62,7 @@ def test_sigterm_mid_cycle_loses_nothing_and_half_writes_nothing(tmp_path, repla
 
 
 def test_second_signal_exits_at_once(tmp_path, replay, sqlite_url):
-    srv = replay(lambda _p, _q: (time.sleep(20), ok(BODY))[1])
+    srv = replay(lambda _p, q: (time.sleep(20), ok(as_symbol(BODY, q["symbol"])))[1])
     env = {**os.environ, "DATABASE_URL": sqlite_url, "ALPHA_VANTAGE_API_KEY": "SHUTDOWNKEY2", "ALPHA_VANTAGE_BASE_URL": srv.url}
     cmd = [sys.executable, str(ROOT / "main.py"), "--continuous-poll", "--provider", "alphavantage", "--interval", "1min",
            "--symbols", "AAA", "--shutdown-timeout", "60"]  # fmt: skip
