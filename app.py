@@ -91,7 +91,7 @@ class App:
                 provider = get_provider_class(name).from_settings(self.settings)
                 for secret in provider.secrets():
                     self.redactor.add(secret)
-                rates = parse_rates(self.rate_limit or self.settings.rate_limit_for(name))
+                rates = parse_rates(self.rate_limit or provider.rate_limit())
                 if rates:
                     quota = QuotaStore(self.engine) if any(r.unit == "day" for r in rates) else None
                     provider.budget = budget_for(name, provider.api_key(), rates, quota=quota, clock=self.clock, stop=self.stop)

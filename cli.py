@@ -7,13 +7,13 @@ Flags follow the seed's ``main.py`` (``--continuous-poll --poll-interval 5
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from datetime import UTC, datetime
 
 from db.jobs import MAX_JOB_INTERVAL_MINUTES, MIN_JOB_INTERVAL_MINUTES, check_job_name
 from errors import ConfigError
 from etl.providers import provider_names
-from etl.providers.alphavantage import MONTH_RE
 from models.bar import INTERVALS, normalize_symbol
 
 __all__ = ["build_parser", "EXIT_OK", "EXIT_CYCLE_FAILED", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INTERNAL"]
@@ -82,8 +82,11 @@ def _interval(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown interval {text!r} (choose from {', '.join(INTERVAL_ALIASES)})") from None
 
 
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
 def _month(text: str) -> str:
-    if not MONTH_RE.match(text):
+    if not _MONTH.match(text):
         raise argparse.ArgumentTypeError(f"month must be YYYY-MM: {text!r}")
     return text
 
@@ -210,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--month", type=_month, default=None, help="Alpha Vantage intraday: one historical month, YYYY-MM (a backfill)"
     )
     src.add_argument("--no-extended-hours", action="store_true", help="intraday: regular session bars only")
+    src.add_argument(
+        "--include-partial-bars",
+        action="store_true",
+        help="also load the bar still forming at fetch time (a later fetch overwrites it; default: INCLUDE_PARTIAL_BARS or off)",
+    )
 
     poll = p.add_argument_group("polling")
     poll.add_argument(
@@ -358,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     misc.add_argument("--log-format", choices=("text", "json"), default=None,
                       help="json: one JSON object per line, for journald and log shippers (default: LOG_FORMAT)")  # fmt: skip
     return p
+
+
+def provider_options(args: argparse.Namespace) -> dict[str, object]:
+    """The provider options given on the command line (``--outputsize full`` -> ``{"outputsize": "full"}``).
+
+    The chosen provider declares which it has (see its ``Config``); one it lacks is an error there.
+    """
+    given = {"outputsize": args.outputsize, "datatype": args.datatype, "month": args.month,
+             "extended_hours": False if args.no_extended_hours else None}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -89,15 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             database_url=args.database_url,
             log_level=args.log_level,
             log_format=args.log_format,
-            alpha_vantage_outputsize=args.outputsize,
-            alpha_vantage_datatype=args.datatype,
-            alpha_vantage_month=args.month,
-            alpha_vantage_extended_hours=False if args.no_extended_hours else None,
+            include_partial_bars=True if args.include_partial_bars else None,
+            provider_options=cli.provider_options(args),
         )
     except ConfigError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return cli.EXIT_USAGE
-    redactor = Redactor([settings.alpha_vantage_api_key, settings.marketpoll_api_token, args.api_token])
+    redactor = Redactor([*settings.secrets(), args.api_token])
     configure_logging(settings.log_level, redactor, settings.log_format)
     stop = STOP
     notifier = Notifier(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))

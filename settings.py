@@ -20,13 +20,13 @@ from typing import Any
 from errors import ConfigError
 from etl.retry import RetryPolicy
 
-__all__ = ["Settings", "DEFAULT_DATABASE_URL", "RATE_LIMIT_FIELDS", "absolute_sqlite_url", "default_stream_state_file"]
+__all__ = ["Settings", "DEFAULT_DATABASE_URL", "absolute_sqlite_url", "default_stream_state_file", "SECRET_SUFFIXES"]
 
 #: Embedded default: a SQLite file in the working directory, so the demo needs no server.
 DEFAULT_DATABASE_URL = "sqlite:///marketpoll.db"
 
-#: Provider registry name -> the setting that holds its rate-limit spec.
-RATE_LIMIT_FIELDS = {"alphavantage": "alpha_vantage_rate_limit", "demo": "demo_rate_limit"}
+#: Environment variables whose names end so hold secrets: redacted from every log line from the start.
+SECRET_SUFFIXES = ("_API_KEY", "_TOKEN", "_SECRET", "_PASSWORD")
 
 #: Largest value of a ``*_SECONDS`` setting: one day (a longer timeout or delay is a typo).
 MAX_SETTING_SECONDS = 86400.0
@@ -100,39 +100,18 @@ def _positive(kind, maximum: float | None = None):
 _seconds = _positive(float, MAX_SETTING_SECONDS)
 
 
-def _rates(name: str, raw: str) -> str:
-    from etl.ratelimit import parse_rates
-
-    try:
-        parse_rates(raw)
-    except ConfigError as exc:
-        raise ConfigError(f"{name}: {exc}", name=name, value=raw) from None
-    return raw
-
-
-def _month(name: str, raw: str) -> str:
-    from etl.providers.alphavantage import MONTH_RE
-
-    if not MONTH_RE.match(raw):
-        raise ConfigError(f"{name} must be YYYY-MM, got {raw!r}", name=name, value=raw)
-    return raw
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Validated settings. Times are in seconds; every field maps to one environment variable
-    (the field name upper-cased, e.g. ``database_url`` ↔ ``DATABASE_URL``)."""
+    (the field name upper-cased, e.g. ``database_url`` ↔ ``DATABASE_URL``).
+
+    Provider settings are not fields here: each provider declares its own in its file
+    (``etl/providers/<name>.py``: ``<PREFIX>_BASE_URL``, ``_API_KEY``, ``_RATE_LIMIT`` and its
+    options) and reads them from ``env``, a copy of the environment taken once by ``main.py``;
+    ``provider_options`` are the command line's provider options (``--outputsize full``).
+    """
 
     database_url: str = DEFAULT_DATABASE_URL
-    alpha_vantage_api_key: str | None = field(default=None, repr=False)  # a secret: never printed
-    alpha_vantage_base_url: str = "https://www.alphavantage.co/query"
-    alpha_vantage_outputsize: str = "compact"
-    alpha_vantage_datatype: str = "json"
-    alpha_vantage_extended_hours: bool = True
-    alpha_vantage_bar_label: str = "start"
-    alpha_vantage_month: str | None = None
-    alpha_vantage_rate_limit: str = "1/second 25/day"
-    demo_rate_limit: str | None = None
     http_connect_timeout_seconds: float = 5.0
     http_read_timeout_seconds: float = 30.0
     http_total_timeout_seconds: float = 30.0  # one deadline per request, end to end (a dripping server too)
@@ -147,15 +126,11 @@ class Settings:
     # --stream's state, for --streaming-status/--stop-streaming from any directory (absolute)
     stream_state_file: str = field(default_factory=lambda: default_stream_state_file({}))
     marketpoll_api_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    include_partial_bars: bool = False  # load bars still forming at fetch time (a later fetch overwrites them)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # the environment, for providers' settings
+    provider_options: Mapping[str, Any] = field(default_factory=dict)  # --outputsize & co., for the chosen provider
 
     _CONVERTERS = {
-        "alpha_vantage_outputsize": _choice("compact", "full"),
-        "alpha_vantage_datatype": _choice("json", "csv"),
-        "alpha_vantage_extended_hours": _bool,
-        "alpha_vantage_bar_label": _choice("start", "end"),
-        "alpha_vantage_month": _month,
-        "alpha_vantage_rate_limit": _rates,
-        "demo_rate_limit": _rates,
         "http_connect_timeout_seconds": _seconds,
         "http_read_timeout_seconds": _seconds,
         "http_total_timeout_seconds": _seconds,
@@ -166,6 +141,7 @@ class Settings:
         "retry_max_delay_seconds": _seconds,
         "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "log_format": _choice("text", "json"),
+        "include_partial_bars": _bool,
     }
 
     @classmethod
@@ -179,7 +155,7 @@ class Settings:
         """
         values: dict[str, Any] = {}
         for f in fields(cls):
-            if f.name.startswith("_"):
+            if f.name.startswith("_") or f.name in ("env", "provider_options"):
                 continue
             raw = env.get(f.name.upper())
             if raw is None or raw.strip() == "":
@@ -187,6 +163,7 @@ class Settings:
             conv = cls._CONVERTERS.get(f.name)
             values[f.name] = conv(f.name.upper(), raw.strip()) if conv else raw.strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["env"] = dict(env)
         base = cwd if cwd is not None else Path.cwd()
         values["database_url"] = absolute_sqlite_url(values.get("database_url", DEFAULT_DATABASE_URL), base)
         state = values.get("stream_state_file")
@@ -196,9 +173,10 @@ class Settings:
             values["stream_state_file"] = default_stream_state_file(env)
         return cls(**values)
 
-    def rate_limit_for(self, provider: str) -> str | None:
-        """The rate-limit spec (``"1/second 25/day"``) of a provider (its default if not set), or None."""
-        return getattr(self, RATE_LIMIT_FIELDS.get(provider, f"{provider}_rate_limit"), None)
+    def secrets(self) -> list[str]:
+        """Every secret the environment holds (``*_API_KEY``, ``*_TOKEN``, ...) and the API token."""
+        found = [v for k, v in self.env.items() if k.upper().endswith(SECRET_SUFFIXES) and v and v.strip()]
+        return [*found, *([self.marketpoll_api_token] if self.marketpoll_api_token else [])]
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -24,7 +24,8 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import requests
@@ -55,13 +56,14 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Response:
-    """A successful (2xx) response: ``body`` as raw bytes, ``url`` already redacted."""
+    """A response read in full: ``body`` as raw bytes, ``url`` already redacted, ``headers`` (case-insensitive)."""
 
     status: int
     body: bytes
     content_type: str
     url: str
     elapsed_seconds: float
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -232,8 +234,13 @@ class HttpClient:
             self._env[url] = env
         return env
 
-    def get(self, url: str, params: dict[str, str], *, symbol: str | None = None) -> Response:
-        """One GET of ``url`` with ``params``; the body read in full within the limits (see class)."""
+    def get(self, url: str, params: dict[str, str], *, symbol: str | None = None, headers: Mapping[str, str] | None = None,
+            raise_for_status: bool = True) -> Response:  # fmt: skip
+        """One GET of ``url`` with ``params`` and extra ``headers``; the body read in full within the limits.
+
+        With ``raise_for_status=False`` a non-2xx reply is returned (its body bounded the same way)
+        for the caller to interpret; else it raises as the class says.
+        """
         ctx = {"provider": self.provider, "symbol": symbol}
         env = self._settings_for(url)
         t0 = time.perf_counter()
@@ -242,11 +249,11 @@ class HttpClient:
         resp = None
         try:
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout, stream=True, **env)
+                resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout, stream=True, **env)
                 if alarm.fired:
                     raise requests.ConnectionError("deadline")
                 status = resp.status_code
-                body = self._read_body(resp, ctx, alarm) if 200 <= status < 300 else b""
+                body = self._read_body(resp, ctx, alarm) if 200 <= status < 300 or not raise_for_status else b""
             except requests.RequestException as exc:
                 # requests' own messages embed the full URL, API key included, so the
                 # original is not chained (``from None``): only its type and the redacted URL travel.
@@ -269,6 +276,9 @@ class HttpClient:
         safe = redact_url(resp.url)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("GET %s -> %d in %.0f ms (%d bytes)", safe, status, elapsed * 1000, len(body))
+        reply = Response(status, body, resp.headers.get("Content-Type", ""), safe, elapsed, resp.headers)
+        if not raise_for_status:
+            return reply
         if status == 429:
             THROTTLES.labels(self.provider).inc()
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -276,7 +286,7 @@ class HttpClient:
         if not 200 <= status < 300:
             transient = status >= 500 or status == 408
             raise HTTPError(f"{self.provider}: HTTP {status} for {safe}", status=status, transient=transient, url=safe, **ctx)
-        return Response(status, body, resp.headers.get("Content-Type", ""), safe, elapsed)
+        return reply
 
     def _read_body(self, resp: requests.Response, ctx: dict, alarm: _Alarm) -> bytes:
         limit = self.max_response_bytes

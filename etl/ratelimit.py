@@ -15,6 +15,7 @@ import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from time import monotonic as time_monotonic
 
 from pyrate_limiter import Duration, Limiter, Rate
 
@@ -85,6 +86,7 @@ class RateBudget:
         self.stop = stop or threading.Event()
         self._paused_day = None
         self._lock = threading.Lock()
+        self._hold_until = 0.0  # time.monotonic() before which no request of this key starts
 
     def _reset_at(self, now: datetime) -> datetime:
         return datetime.combine(now.date() + timedelta(days=1), time(0), tzinfo=UTC)
@@ -100,6 +102,7 @@ class RateBudget:
         Raises :class:`~errors.QuotaExhausted` (with ``retry_after_seconds`` to the next UTC
         midnight) when the daily quota is used up. A shutdown (``stop``) ends the wait early.
         """
+        self._wait_out_hold()
         now = self.clock.now().astimezone(UTC)
         if self.daily is None or self._paused_day != now.date():
             if self._limiter is not None:
@@ -127,6 +130,22 @@ class RateBudget:
             provider=self.provider,
             retry_after_seconds=(reset - now).total_seconds(),
         )
+
+    def hold(self, seconds: float) -> None:
+        """Make every request of this key wait ``seconds`` (the API said ``Retry-After``): all threads
+        back off together, before the API escalates (Binance answers 418, an IP ban, to a client that
+        keeps going after a 429)."""
+        until = time_monotonic() + max(0.0, seconds)
+        with self._lock:
+            if until > self._hold_until:
+                self._hold_until = until
+                log.warning("%s: the API asked to wait %.0f s; holding every request of this key", self.provider, seconds)
+
+    def _wait_out_hold(self) -> None:
+        while True:
+            left = self._hold_until - time_monotonic()
+            if left <= 0 or self.stop.wait(min(left, 1.0)):
+                return
 
     def remaining_today(self) -> int | None:
         if self.daily is None:

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from errors import ConfigError
+from etl.providers.alphavantage import AlphaVantageProvider
+from etl.providers.base import provider_config
+from etl.providers.demo import DemoProvider
 from etl.ratelimit import parse_rates
 from etl.redact import RedactingFormatter, Redactor, redact_url
 from settings import Settings, absolute_sqlite_url
@@ -39,7 +43,8 @@ def test_settings_from_env_and_defaults():
         {"DATABASE_URL": "sqlite:///x.db", "RETRY_MAX_ATTEMPTS": "2", "ALPHA_VANTAGE_EXTENDED_HOURS": "false", "LOG_LEVEL": ""},
         cwd=Path("/srv/marketpoll"),
     )
-    assert (s.database_url, s.retry_max_attempts, s.alpha_vantage_extended_hours, s.log_level) == (
+    av = provider_config(AlphaVantageProvider, replace(s, env={**s.env, "ALPHA_VANTAGE_API_KEY": "K"}))
+    assert (s.database_url, s.retry_max_attempts, av.extended_hours, s.log_level) == (
         "sqlite:////srv/marketpoll/x.db",  # made absolute at start: the path every log line names
         2,
         False,
@@ -56,12 +61,16 @@ def test_relative_sqlite_paths_become_absolute_and_other_urls_stay():
         assert absolute_sqlite_url(url, cwd) == url
 
 
+def _rate(cls, env):
+    return cls(provider_config(cls, Settings.from_env({"ALPHA_VANTAGE_API_KEY": "K", **env}))).rate_limit()
+
+
 def test_each_provider_gets_its_default_rate_budget():
-    # the setting is alpha_vantage_rate_limit, the provider is "alphavantage": the default used to be lost
-    assert parse_rates(Settings.from_env({}).rate_limit_for("alphavantage")) == parse_rates("1/second 25/day")
-    s = Settings.from_env({"ALPHA_VANTAGE_RATE_LIMIT": "75/minute", "DEMO_RATE_LIMIT": "5/second"})
-    assert (s.rate_limit_for("alphavantage"), s.rate_limit_for("demo")) == ("75/minute", "5/second")
-    assert Settings.from_env({}).rate_limit_for("demo") is None  # the demo has none unless set
+    # the provider declares its default; the variable (ALPHA_VANTAGE_RATE_LIMIT) overrides it
+    assert parse_rates(_rate(AlphaVantageProvider, {})) == parse_rates("1/second 25/day")
+    env = {"ALPHA_VANTAGE_RATE_LIMIT": "75/minute", "DEMO_RATE_LIMIT": "5/second"}
+    assert (_rate(AlphaVantageProvider, env), _rate(DemoProvider, env)) == ("75/minute", "5/second")
+    assert _rate(DemoProvider, {}) is None  # the demo has none unless set
 
 
 def test_stream_state_lives_in_the_per_user_state_directory():
@@ -76,12 +85,28 @@ def test_stream_state_lives_in_the_per_user_state_directory():
 
 @pytest.mark.parametrize(
     ("var", "value"),
+    [("ALPHA_VANTAGE_DATATYPE", "xml"), ("ALPHA_VANTAGE_MONTH", "2024-13"), ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
+     ("ALPHA_VANTAGE_RATE_LIMIT", "0/second")],
+)
+def test_bad_provider_settings_name_the_variable(var, value):
+    settings = Settings.from_env({"ALPHA_VANTAGE_API_KEY": "K", var: value})
+    with pytest.raises(ConfigError) as info:
+        provider_config(AlphaVantageProvider, settings)
+    assert info.value.name == var and value in str(info.value)
+
+
+def test_a_cli_option_the_provider_lacks_is_refused():
+    settings = Settings.from_env({}, provider_options={"outputsize": "full", "nosuch": "x"})
+    with pytest.raises(ConfigError, match="provider demo has no option --nosuch"):
+        provider_config(DemoProvider, settings)
+    assert provider_config(DemoProvider, Settings.from_env({}, provider_options={"outputsize": "full"})).outputsize == "full"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
     [
         ("RETRY_MAX_ATTEMPTS", "many"),
         ("HTTP_READ_TIMEOUT_SECONDS", "-1"),
-        ("ALPHA_VANTAGE_DATATYPE", "xml"),
-        ("ALPHA_VANTAGE_MONTH", "2024-13"),
-        ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
         ("HTTP_READ_TIMEOUT_SECONDS", "nan"),
         ("RETRY_INITIAL_DELAY_SECONDS", "inf"),
         ("HTTP_TOTAL_TIMEOUT_SECONDS", "NaN"),
@@ -95,4 +120,6 @@ def test_bad_settings_name_the_variable(var, value):
 
 
 def test_api_key_never_in_repr():
-    assert "K3Y-VERY-SECRET" not in repr(Settings.from_env({"ALPHA_VANTAGE_API_KEY": "K3Y-VERY-SECRET"}))
+    s = Settings.from_env({"ALPHA_VANTAGE_API_KEY": "K3Y-VERY-SECRET", "POLYGON_API_KEY": "P0LY-SECRET"})
+    assert "K3Y-VERY-SECRET" not in repr(s) and "K3Y-VERY-SECRET" not in repr(provider_config(AlphaVantageProvider, s))
+    assert {"K3Y-VERY-SECRET", "P0LY-SECRET"} <= set(s.secrets())  # every *_API_KEY is redacted from the start

@@ -38,19 +38,14 @@ import json
 import logging
 import operator
 import re
-import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
-
-import requests
 
 from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
-from etl.http import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOTAL_TIMEOUT_SECONDS, HttpClient
-from etl.metrics import RETRIES, THROTTLES
-from etl.providers.base import FetchResult, Provider
+from etl.http import Response
+from etl.providers.base import FetchResult, Page, Provider, ProviderConfig, Request
 from etl.providers.registry import register
-from etl.retry import Retrier, RetryPolicy
 from etl.transform import (
     AMBIGUOUS_LOCAL_TIME,
     NONEXISTENT_LOCAL_TIME,
@@ -63,9 +58,6 @@ from etl.transform import (
     zone,
 )
 from models.bar import Bar, interval_seconds
-
-if TYPE_CHECKING:
-    from settings import Settings
 
 __all__ = [
     "AlphaVantageConfig",
@@ -98,22 +90,18 @@ REPEATED_KEY = "conflict: timestamp key repeated with different values"
 REPEATED_FIELD = "conflict: field repeated with different values"
 
 
-@dataclass(frozen=True, slots=True)
-class AlphaVantageConfig:
-    """Request options. ``base_url`` is the full query endpoint; ``api_key`` is a secret."""
+@dataclass(frozen=True)
+class AlphaVantageConfig(ProviderConfig):
+    """Alpha Vantage's options (``ALPHA_VANTAGE_<FIELD>``). ``base_url`` is the full query endpoint;
+    ``api_key`` is a secret (``"demo"`` is Alpha Vantage's public placeholder)."""
 
-    api_key: str = field(default="demo", repr=False)
+    api_key: str | None = field(default="demo", repr=False)
     base_url: str = "https://www.alphavantage.co/query"
     outputsize: str = "compact"  # compact (latest 100 bars) | full
     datatype: str = "json"  # json | csv
     extended_hours: bool = True  # include pre-market and after-hours bars (intraday)
     month: str | None = None  # YYYY-MM: one historical month (intraday)
     bar_label: str = "start"  # do intraday timestamps label the bar start or end?
-    connect_timeout_seconds: float = 5.0
-    read_timeout_seconds: float = 30.0
-    total_timeout_seconds: float = DEFAULT_TOTAL_TIMEOUT_SECONDS  # one deadline per request, end to end
-    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    retry: RetryPolicy = RetryPolicy()
 
     def __post_init__(self) -> None:
         if self.outputsize not in ("compact", "full"):
@@ -364,76 +352,26 @@ _new_tuple = tuple.__new__
 
 @register
 class AlphaVantageProvider(Provider):
-    """Alpha Vantage over HTTP. Intervals: 1min, 5min, 15min, 30min, 60min (intraday), 1day (daily)."""
+    """Alpha Vantage over HTTP. Intervals: 1min, 5min, 15min, 30min, 60min (intraday), 1day (daily).
+
+    History windows: intraday, one ``month=YYYY-MM`` request (``outputsize=full``) per calendar
+    month the window touches; daily, one ``outputsize=full`` request (20+ years).
+    """
 
     name = "alphavantage"
-    intervals = frozenset(AV_INTERVALS)
+    intervals = {k: (v or "daily") for k, v in AV_INTERVALS.items()}
+    env_prefix = "ALPHA_VANTAGE"
+    Config = AlphaVantageConfig
+    default_base_url = "https://www.alphavantage.co/query"
+    default_rate_limit = "1/second 25/day"  # the free tier
+    key_required = True
+    key_help = "get a free key at https://www.alphavantage.co/support/#api-key"
 
-    def __init__(self, config: AlphaVantageConfig, *, session: requests.Session | None = None, sleep=None) -> None:
-        self.config = config
-        self._local = threading.local()
-        self._session = session
-        self._retrier = Retrier(config.retry, on_retry=self._on_retry, **({"sleep": sleep} if sleep else {}))
+    config: AlphaVantageConfig
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AlphaVantageProvider:
-        if not settings.alpha_vantage_api_key:
-            raise ConfigError(
-                "ALPHA_VANTAGE_API_KEY is not set (get a free key at https://www.alphavantage.co/support/#api-key)",
-                name="ALPHA_VANTAGE_API_KEY",
-            )
-        return cls(
-            cls.config_from_settings(settings, api_key=settings.alpha_vantage_api_key, base_url=settings.alpha_vantage_base_url)
-        )
-
-    @staticmethod
-    def config_from_settings(settings: Settings, *, api_key: str, base_url: str) -> AlphaVantageConfig:
-        return AlphaVantageConfig(
-            api_key=api_key,
-            base_url=base_url,
-            outputsize=settings.alpha_vantage_outputsize,
-            datatype=settings.alpha_vantage_datatype,
-            extended_hours=settings.alpha_vantage_extended_hours,
-            month=settings.alpha_vantage_month,
-            bar_label=settings.alpha_vantage_bar_label,
-            connect_timeout_seconds=settings.http_connect_timeout_seconds,
-            read_timeout_seconds=settings.http_read_timeout_seconds,
-            total_timeout_seconds=settings.http_total_timeout_seconds,
-            max_response_bytes=settings.http_max_response_bytes,
-            retry=settings.retry_policy,
-        )
-
-    def _on_retry(self, error: BaseException, _delay: float) -> None:
-        RETRIES.labels(self.name).inc()
-        if isinstance(error, RateLimited) and getattr(error, "url", None) is not None and "HTTP 429" not in str(error):
-            THROTTLES.labels(self.name).inc()  # a throttle payload (HTTP 429 is counted by the client)
-
-    def secrets(self) -> list[str]:
-        return [self.config.api_key]
-
-    def api_key(self) -> str | None:
-        return self.config.api_key
-
-    def _client(self) -> HttpClient:
-        # requests.Session is not documented as thread-safe: one per worker thread,
-        # unless the caller injected one (tests, single-threaded use).
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = HttpClient(
-                self.name,
-                self._session or requests.Session(),
-                connect_timeout_seconds=self.config.connect_timeout_seconds,
-                read_timeout_seconds=self.config.read_timeout_seconds,
-                total_timeout_seconds=self.config.total_timeout_seconds,
-                max_response_bytes=self.config.max_response_bytes,
-            )
-            self._local.client = client
-        return client
-
-    def params(self, symbol: str, interval: str, *, outputsize: str | None = None) -> dict[str, str]:
+    def params(self, symbol: str, interval: str, *, outputsize: str | None = None, month: str | None = None) -> dict[str, str]:
         """Query parameters for one request (``apikey`` included: never log these)."""
-        if interval not in AV_INTERVALS:
-            raise ConfigError(f"{self.name} has no interval {interval!r}", name="interval", value=interval)
+        self.check_interval(interval)
         cfg = self.config
         outputsize = outputsize or cfg.outputsize
         av_interval = AV_INTERVALS[interval]
@@ -447,37 +385,45 @@ class AlphaVantageProvider(Provider):
                 "outputsize": outputsize,
                 "extended_hours": "true" if cfg.extended_hours else "false",
             }
-            if cfg.month:
-                p["month"] = cfg.month
+            if month or cfg.month:
+                p["month"] = month or cfg.month
         p["datatype"] = cfg.datatype
-        p["apikey"] = cfg.api_key
+        p["apikey"] = cfg.api_key or ""
         return p
 
-    def fetch_bars(self, symbol: str, interval: str, *, since: datetime | None = None) -> FetchResult:
-        """The latest bars (``outputsize`` as configured); with a ``since`` watermark, a compact
-        response that no longer reaches back to it (its oldest bar starts more than one interval
-        after the watermark: an interrupted cycle, a stopped service) is followed by one
-        ``outputsize=full`` request, so the gap is backfilled instead of lost."""
-        result = self._fetch(symbol, interval, self.params(symbol, interval))
-        if since is not None and self.config.outputsize == "compact" and result.bars:
-            if result.bars[0].ts > since + timedelta(seconds=interval_seconds(interval)):
-                log.info("%s: gap since %s; backfilling with outputsize=full", symbol, since.isoformat())
-                result = self._fetch(symbol, interval, self.params(symbol, interval, outputsize="full"))
-        return result
+    def latest_request(self, symbol: str, interval: str, since: datetime | None) -> Request:
+        return Request(self.base_url, self.params(symbol, interval), symbol=symbol, interval=interval)
 
-    def _fetch(self, symbol: str, interval: str, params: dict[str, str]) -> FetchResult:
+    def followup(self, request: Request, result: FetchResult, since: datetime | None) -> Request | None:
+        """With a ``since`` watermark, a compact reply that no longer reaches back to it (its oldest bar
+        starts more than one interval after the watermark: an interrupted cycle, a stopped service) is
+        followed by one ``outputsize=full`` request, so the gap is backfilled instead of lost."""
+        if since is None or request.params.get("outputsize") != "compact" or not result.bars:
+            return None
+        if min(b.ts for b in result.bars) <= since + timedelta(seconds=interval_seconds(request.interval)):
+            return None
+        log.info("%s: gap since %s; backfilling with outputsize=full", request.symbol, since.isoformat())
+        return Request(self.base_url, self.params(request.symbol, request.interval, outputsize="full"),
+                       symbol=request.symbol, interval=request.interval)  # fmt: skip
 
-        def once() -> FetchResult:
-            if self.budget is not None:
-                self.budget.acquire()  # waits for the per-second/minute budget; QuotaExhausted when the day's is used
-            resp = self._client().get(self.config.base_url, params, symbol=symbol)
-            return parse_response(
-                resp.body, symbol=symbol, interval=interval, provider=self.name, bar_label=self.config.bar_label, url=resp.url
-            )
+    def range_requests(self, symbol: str, interval: str, start: datetime, end: datetime) -> Iterator[Request]:
+        if AV_INTERVALS[interval] is None:
+            yield Request(self.base_url, self.params(symbol, interval, outputsize="full"), symbol=symbol, interval=interval,
+                          window=(start, end))  # fmt: skip
+            return
+        ny = zone(DEFAULT_ZONE)
+        first, last = start.astimezone(ny), (end - timedelta(microseconds=1)).astimezone(ny)
+        y, m = first.year, first.month
+        while (y, m) <= (last.year, last.month):
+            month_start = datetime(y, m, 1, tzinfo=ny).astimezone(UTC)
+            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+            month_end = datetime(y, m, 1, tzinfo=ny).astimezone(UTC)
+            window = (max(start, month_start), min(end, month_end))
+            month = f"{month_start.astimezone(ny):%Y-%m}"
+            yield Request(self.base_url, self.params(symbol, interval, outputsize="full", month=month), symbol=symbol,
+                          interval=interval, window=window)  # fmt: skip
 
-        return self._retrier(once)
-
-    def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is not None and self._session is None:
-            client.session.close()
+    def parse(self, reply: Response, request: Request) -> Page:
+        result = parse_response(reply.body, symbol=request.symbol, interval=request.interval, provider=self.name,
+                                bar_label=self.config.bar_label, url=reply.url)  # fmt: skip
+        return Page(result.bars, result.rejected, no_data=not result.bars and not result.rejected)

@@ -23,8 +23,8 @@ import math
 import random
 import re
 import zlib
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import TYPE_CHECKING
 
 from clock import Clock, SystemClock
 from etl.loopback import LoopbackServer, Reply
@@ -32,9 +32,6 @@ from etl.providers.alphavantage import AV_INTERVALS, AlphaVantageConfig, AlphaVa
 from etl.providers.registry import register
 from etl.transform import zone
 from models.bar import interval_seconds
-
-if TYPE_CHECKING:
-    from settings import Settings
 
 __all__ = ["DemoMarket", "DemoProvider", "DEMO_API_KEY"]
 
@@ -167,26 +164,22 @@ def _json(obj: dict) -> Reply:
 
 @register
 class DemoProvider(AlphaVantageProvider):
-    """Alpha Vantage's client against the in-process :class:`DemoMarket` server (see module docstring)."""
+    """Alpha Vantage's client against the in-process :class:`DemoMarket` server (see module docstring).
+
+    Options as Alpha Vantage's, from ``DEMO_<FIELD>`` (``DEMO_DATATYPE=csv``, ``DEMO_RATE_LIMIT``); no key.
+    """
 
     name = "demo"
+    env_prefix = "DEMO"
+    default_rate_limit = None
+    key_required = False
 
     def __init__(self, config: AlphaVantageConfig | None = None, *, clock: Clock | None = None, **kw) -> None:
         self.market = DemoMarket(clock)
         self.server = LoopbackServer(self.market.reply)
         base = config or AlphaVantageConfig()
-        cfg = AlphaVantageConfig(
-            **{
-                **{f: getattr(base, f) for f in base.__dataclass_fields__},
-                "api_key": DEMO_API_KEY,
-                "base_url": f"{self.server.url}/query",
-            }
-        )
-        super().__init__(cfg, **kw)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DemoProvider:
-        return cls(cls.config_from_settings(settings, api_key=DEMO_API_KEY, base_url="http://127.0.0.1/query"))
+        cfg = replace(base, api_key=DEMO_API_KEY, base_url=f"{self.server.url}/query")
+        super().__init__(cfg, clock=clock, **kw)
 
     def secrets(self) -> list[str]:
         return []
