@@ -181,7 +181,9 @@ _INF = math.inf
 
 
 def _check(bar: Bar, limit: datetime | None) -> str | None:
-    o, h, l, c, v = bar[4:]
+    o, h, l, c, v = bar[4:9]
+    if v is None:  # no volume at all (an index, a market without volume data): valid, stored as NULL
+        v = "0"
     try:
         joined = o + h + l + c + v
         # float() also takes "1_000" and non-ASCII digits, which PostgreSQL's numeric refuses
@@ -220,7 +222,7 @@ def _short(value: str) -> str:
 
 
 def _bar_excerpt(bar: Bar) -> str:
-    return excerpt(",".join([bar.ts.isoformat(), *(str(x) for x in bar[4:])]))
+    return excerpt(",".join([bar.ts.isoformat(), *("" if x is None else str(x) for x in bar[4:9])]))
 
 
 def validate_bars(

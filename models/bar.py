@@ -45,7 +45,7 @@ class Bar(NamedTuple):
     high: str
     low: str
     close: str
-    volume: str
+    volume: str | None  # None: the market reports no volume (an index); stored as NULL
 
 
 #: A ticker as marketpoll accepts it: letters, digits and ``. - : ^ = / _``, at most 32 characters
