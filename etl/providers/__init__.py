@@ -1,8 +1,17 @@
-"""Data providers, looked up by name. Importing this package registers the built-in ones."""
+"""Data providers, looked up by name. Importing this package registers every provider module in it.
 
-from etl.providers import alphavantage as _alphavantage  # noqa: F401 - registers "alphavantage"
-from etl.providers import demo as _demo  # noqa: F401 - registers "demo"
-from etl.providers.base import FetchResult, Provider
+One file per provider (``etl/providers/<name>.py``), each registering its class with
+:func:`register`; ``base.py`` holds the contract and ``registry.py`` the registry.
+"""
+
+import importlib
+import pkgutil
+
+from etl.providers.base import FetchResult, Page, Provider, ProviderConfig, Request
 from etl.providers.registry import get_provider_class, provider_names, register
 
-__all__ = ["Provider", "FetchResult", "register", "get_provider_class", "provider_names"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "registry"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Provider", "ProviderConfig", "Request", "Page", "FetchResult", "register", "get_provider_class", "provider_names"]
