@@ -6,14 +6,18 @@
 - ``etl_runs``: the ledger, one row per cycle.
 - ``scheduled_jobs``: named jobs, one row each (not pickles: readable, editable, portable).
 - ``rejected_bars``: the audit trail of records that never became bars (raw timestamp, reason, excerpt).
+- ``corporate_actions``: splits and dividends per (provider, symbol, ex_date, kind).
+- ``series_preference``: which provider is a series' primary (rank 0) when a fallback serves it too.
 - ``latest_bars`` (view): the newest bar per (provider, symbol, interval).
+- ``bars_preferred`` (view): one row per (symbol, interval, ts), the preferred provider's.
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "latest_bars", "BAR_KEY", "BAR_VALUES"]
+__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "corporate_actions", "series_preference",
+           "latest_bars", "BAR_KEY", "BAR_VALUES"]  # fmt: skip
 
 metadata = sa.MetaData()
 
@@ -31,8 +35,9 @@ bars = sa.Table(
     sa.Column("high", sa.Numeric, nullable=False),
     sa.Column("low", sa.Numeric, nullable=False),
     sa.Column("close", sa.Numeric, nullable=False),
-    sa.Column("volume", sa.Numeric, nullable=False),
+    sa.Column("volume", sa.Numeric, nullable=True),  # NULL: the market reports no volume (an index)
     sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("adj_close", sa.Numeric, nullable=True),  # split/dividend-adjusted close, when the provider sends one
 )
 
 etl_runs = sa.Table(
@@ -55,6 +60,28 @@ etl_runs = sa.Table(
     sa.Column("error_summary", sa.Text),
     sa.Column("pid", sa.Integer),
     sa.Column("host", sa.Text),
+    sa.Column("served_by", sa.Text),  # "SYMBOL=provider ..." for the symbols a fallback provider served
+)
+
+corporate_actions = sa.Table(
+    "corporate_actions",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("ex_date", sa.Date, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),  # split | dividend
+    sa.Column("ratio", sa.Numeric),
+    sa.Column("amount", sa.Numeric),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+series_preference = sa.Table(
+    "series_preference",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("interval", sa.Text, primary_key=True),
+    sa.Column("rank", sa.Integer, nullable=False),  # 0 = the series' primary provider
 )
 
 rejected_bars = sa.Table(

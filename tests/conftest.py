@@ -98,13 +98,16 @@ def pg_url():
 def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs, api_quota, rejected_bars RESTART IDENTITY")
+            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs, api_quota, rejected_bars, corporate_actions, "
+                                 "series_preference RESTART IDENTITY")  # fmt: skip
         else:
             conn.exec_driver_sql("DELETE FROM bars")
             conn.exec_driver_sql("DELETE FROM etl_runs")
             conn.exec_driver_sql("DELETE FROM scheduled_jobs")
             conn.exec_driver_sql("DELETE FROM api_quota")
             conn.exec_driver_sql("DELETE FROM rejected_bars")
+            conn.exec_driver_sql("DELETE FROM corporate_actions")
+            conn.exec_driver_sql("DELETE FROM series_preference")
 
 
 @pytest.fixture
