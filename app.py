@@ -50,6 +50,8 @@ class App:
     workers: int = 4
     rate_limit: list[str] | None = None  # --rate-limit: overrides the provider's configured budget
     shutdown_timeout_seconds: float = 30.0  # how long a cycle waits for in-flight fetches after a signal
+    retry_passes: int = 3  # --max-retries: extra passes per cycle for transient failures (every route)
+    batch_size: int = 10  # --batch-size: symbols per load transaction (every route)
     clock: Clock = field(default_factory=SystemClock)
     _engine: sa.Engine | None = None
     _ledger: RunLedger | None = None
@@ -99,17 +101,24 @@ class App:
                 self._providers[name] = provider
             return self._providers[name]
 
-    def pipeline(self, provider_name: str) -> EtlPipeline:
+    def pipeline(self, provider_name: str, fallback_name: str | None = None) -> EtlPipeline:
+        """The one cycle route for polling, streaming and named jobs (and backfill): provider (+ fallback)
+        → validate → load, with the same retry passes and batch size everywhere."""
         provider = self.provider(provider_name)
+        fallback = self.provider(fallback_name) if fallback_name else None
+        if fallback is not None and fallback is provider:
+            raise ConfigError(f"the fallback provider must differ from the provider ({provider_name})", name="fallback")
+        key = f"{provider_name}+{fallback_name}" if fallback_name else provider_name
         with self._lock:
-            if provider_name not in self._pipelines:
-                self._pipelines[provider_name] = EtlPipeline(
+            if key not in self._pipelines:
+                self._pipelines[key] = EtlPipeline(
                     provider, make_loader(self.engine), self.ledger,
                     clock=self.clock, redact=self.redactor, stop=self.stop, workers=self.workers,
                     shutdown_timeout_seconds=self.shutdown_timeout_seconds,
                     retry_attempts=self.settings.retry_max_attempts, retry_budget_seconds=self.settings.retry_budget_seconds,
+                    retry_passes=self.retry_passes, batch_size=self.batch_size, fallback=fallback,
                 )  # fmt: skip
-            return self._pipelines[provider_name]
+            return self._pipelines[key]
 
     def scheduler(self) -> MarketScheduler:
         return MarketScheduler(JobStore(self.engine), self.pipeline, calendars=self.calendars, clock=self.clock)
@@ -145,7 +154,9 @@ class App:
         if strategy != "continuous":
             self.calendars.get(config.exchange)  # an unknown exchange is bad input: fail before any work
         self.check_interval(args.provider, args.interval)
-        pipeline = self.pipeline(args.provider)
+        if args.fallback_provider:
+            self.check_interval(args.fallback_provider, args.interval)
+        pipeline = self.pipeline(args.provider, args.fallback_provider)
         log.info("%s polling %s from %s into %s", strategy, " ".join(config.symbols), args.provider,
                  describe_url(self.settings.database_url))  # fmt: skip
         manager = PollingManager(pipeline, calendars=self.calendars, clock=self.clock, stop=self.stop)
@@ -167,7 +178,8 @@ class App:
         state = self.stream_state_file
         if DataStreamingService.status(state)["is_running"]:
             raise ConfigError(f"a streaming process is already running (see {state}); stop it with --stop-streaming")
-        manager = PollingManager(self.pipeline(args.provider), calendars=self.calendars, clock=self.clock, stop=self.stop)
+        manager = PollingManager(self.pipeline(args.provider, args.fallback_provider), calendars=self.calendars, clock=self.clock,
+                                 stop=self.stop)  # fmt: skip
         service = DataStreamingService(manager, state, clock=self.clock)
         service.start_streaming(config)
         self.notifier.ready("streaming")
@@ -188,8 +200,10 @@ class App:
         return cli.EXIT_OK if stopped or message.startswith("no streaming") else cli.EXIT_CYCLE_FAILED
 
     def check_interval(self, provider: str, interval: str) -> None:
-        if interval not in get_provider_class(provider).intervals:
-            raise ConfigError(f"provider {provider} has no interval {interval}", name="interval", value=interval)
+        cls = get_provider_class(provider)
+        if interval not in cls.intervals:
+            raise ConfigError(f"provider {provider} has no interval {interval} (it has: {', '.join(cls.intervals)})",
+                              name="interval", value=interval)  # fmt: skip
 
     def market_status(self, args) -> int:
         at = args.at or self.clock.now()
@@ -200,11 +214,15 @@ class App:
         name = getattr(args, f"schedule_{kind}_job")
         symbols = args.job_symbols or args.symbols
         self.check_interval(args.provider, args.interval)  # also rejects an unknown provider
+        fallback = args.job_fallback_provider
+        if fallback:
+            self.check_interval(fallback, args.interval)
         define_job(self.calendars, self.clock.now(), name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
-                   exchange=args.exchange, provider=args.provider, bar_interval=args.interval)  # bad input: before any database
+                   exchange=args.exchange, provider=args.provider, bar_interval=args.interval,
+                   fallback_provider=fallback)  # bad input: before any database  # fmt: skip
         replaced = self.scheduler().schedule_job(
             name, JOB_SESSIONS[kind], symbols or (), args.job_interval,
-            exchange=args.exchange, provider=args.provider, bar_interval=args.interval,
+            exchange=args.exchange, provider=args.provider, bar_interval=args.interval, fallback_provider=fallback,
         )  # fmt: skip
         verb = "replaced existing job" if replaced else "scheduled new job"
         print(f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min, "

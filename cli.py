@@ -214,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--no-extended-hours", action="store_true", help="intraday: regular session bars only")
     src.add_argument(
+        "--fallback-provider",
+        choices=provider_names(),
+        default=None,
+        help="polling: a provider that fetches a symbol the --provider fails terminally (unknown symbol, bad reply) "
+        "or cannot serve (paused on its daily quota); rows land under the provider that served them",
+    )
+    src.add_argument(
         "--include-partial-bars",
         action="store_true",
         help="also load the bar still forming at fetch time (a later fetch overwrites it; default: INCLUDE_PARTIAL_BARS or off)",
@@ -315,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = p.add_argument_group("named jobs and market status")
     jobs.add_argument("--job-symbols", nargs="+", type=_symbol, default=None, metavar="SYMBOL", help="the job's tickers")
+    jobs.add_argument("--job-fallback-provider", choices=provider_names(), default=None, metavar="NAME",
+                      help="the job's fallback provider (see --fallback-provider)")  # fmt: skip
     jobs.add_argument(
         "--job-interval",
         type=_job_minutes,

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     code = cli.EXIT_INTERNAL
     try:
         app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit,
+                  retry_passes=0 if args.no_retry else args.max_retries, batch_size=args.batch_size,
                   shutdown_timeout_seconds=pipeline_deadline_seconds(args.shutdown_timeout), notifier=notifier)  # fmt: skip
         code = dispatch(app, args)
     except (ConfigError, SchedulingError) as exc:

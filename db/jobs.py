@@ -81,6 +81,7 @@ class JobDefinition:
     bar_interval: str = "5min"
     paused: bool = False
     updated_at: datetime | None = None  # set by the store; changes whenever the row is replaced
+    fallback_provider: str | None = None  # serves a symbol ``provider`` fails terminally or cannot serve
 
     def __post_init__(self) -> None:
         if check_job_name(self.name) != self.name:
@@ -141,6 +142,7 @@ class JobStore:
             "session": job.session, "exchange": job.exchange, "provider": job.provider,
             "symbols": " ".join(job.symbols), "interval_minutes": job.interval_minutes,
             "bar_interval": job.bar_interval, "paused": job.paused, "updated_at": now,
+            "fallback_provider": job.fallback_provider,
         }  # fmt: skip
         with translate_db_errors("writing scheduled_jobs"), self.engine.begin() as conn:
             replaced = conn.execute(sa.update(scheduled_jobs).where(scheduled_jobs.c.name == job.name).values(**row)).rowcount > 0
@@ -167,6 +169,7 @@ class JobStore:
                 jobs.append(JobDefinition(
                     r["name"], r["session"], r["exchange"], r["provider"], tuple((r["symbols"] or "").split()),
                     float(r["interval_minutes"]), r["bar_interval"], bool(r["paused"]), _utc(r["updated_at"]),
+                    r["fallback_provider"],
                 ))  # fmt: skip
             except (ConfigError, TypeError, ValueError) as exc:
                 invalid.append(InvalidJob(str(r["name"]), str(exc)))

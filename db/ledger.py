@@ -106,6 +106,7 @@ class RunLedger:
             "rows_loaded": cycle.rows_loaded,
             "rows_rejected": cycle.rows_rejected,
             "error_summary": self.redact(summary)[:4000] if summary else None,
+            "served_by": " ".join(f"{o.symbol}={o.served_by}" for o in cycle.outcomes if o.served_by) or None,
         }
 
     # -- the database was down ------------------------------------------------------------

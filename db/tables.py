@@ -109,6 +109,7 @@ scheduled_jobs = sa.Table(
     sa.Column("interval_minutes", sa.Float, nullable=False),
     sa.Column("bar_interval", sa.Text, nullable=False),
     sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("fallback_provider", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

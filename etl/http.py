@@ -208,7 +208,8 @@ class HttpClient:
     ) -> None:
         self.provider = provider
         self.session = session or requests.Session()
-        self.session.headers.setdefault("User-Agent", user_agent)
+        if self.session.headers.get("User-Agent", "").startswith("python-requests"):  # requests' default: some APIs refuse it
+            self.session.headers["User-Agent"] = user_agent
         adapter = _DeadlineAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

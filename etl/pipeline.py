@@ -30,17 +30,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 
 from clock import Clock, SystemClock
+from db.actions import ActionStore
 from db.engine import translate_db_errors
 from db.ledger import RunLedger
+from db.preference import record_preference
 from db.queries import watermarks
 from db.rejects import RejectStore
-from errors import ConfigError, LoadError, MarketpollError
-from etl import metrics
+from errors import ConfigError, LoadError, MarketpollError, QuotaExhausted
+from etl.events import LoadEvent, MetricsListener, PipelineListener
 from etl.load import BarLoader, Credit
 from etl.providers.base import Provider
 from etl.retry import RetryBudget, human_seconds, retry_budget
@@ -58,6 +61,16 @@ PROGRESS_EVERY_SECONDS = 5.0
 _Fetched = tuple[SymbolOutcome, list[Bar], list[Rejection]]
 
 
+@dataclass(slots=True)
+class _CycleState:
+    """What one cycle knows while it runs (several cycles may share a pipeline: named jobs run in parallel)."""
+
+    job: str
+    run_id: int | None = None
+    paused: bool = False  # the provider is paused on its daily quota: the fallback serves every symbol
+    db_down: bool = False  # a load found the database unreachable: no new fetch starts
+
+
 class EtlPipeline:
     """Runs cycles: ``provider`` → :func:`~etl.transform.validate_bars` → ``loader``, recorded by ``ledger``.
 
@@ -68,6 +81,13 @@ class EtlPipeline:
     - ``stop`` (an Event, set by a signal): start no new symbol; batches already fetched
       are still loaded, fetches still running after ``shutdown_timeout_seconds`` are
       abandoned, and the cycle is recorded as ``interrupted`` if any symbol was left undone.
+    - ``retry_passes`` / ``batch_size``: defaults of :meth:`run_cycle`, so polling, named jobs
+      and backfill run their cycles the same way.
+    - ``fallback``: a second provider for the symbols ``provider`` fails terminally (an unknown
+      symbol, a malformed reply) or cannot serve while paused on its daily quota; its rows
+      land under its own name, and the cycle records which provider served which symbol.
+    - ``listeners``: told of each committed load (per series) and each cycle
+      (:mod:`etl.events`); metrics is always the first.
     """
 
     def __init__(
@@ -83,7 +103,11 @@ class EtlPipeline:
         shutdown_timeout_seconds: float = 30.0,
         retry_attempts: int = 4,
         retry_budget_seconds: float = 60.0,
+        retry_passes: int = 0,
+        batch_size: int = 10,
         rejects: RejectStore | None = None,
+        fallback: Provider | None = None,
+        listeners: Sequence[PipelineListener] = (),
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}", name="workers", value=workers)
@@ -100,10 +124,16 @@ class EtlPipeline:
         self.retry_attempts = retry_attempts
         self.retry_budget_seconds = retry_budget_seconds
         self.rejects = rejects if rejects is not None else RejectStore(ledger.engine)
+        self.actions = ActionStore(ledger.engine)
+        self.retry_passes = retry_passes
+        self.batch_size = batch_size
+        self.fallback = fallback
+        self.listeners: list[PipelineListener] = [MetricsListener(), *listeners]
 
     def run_cycle(
-        self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int = 0, batch_size: int = 10
-    ) -> CycleResult:
+        self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int | None = None,
+        batch_size: int | None = None,
+    ) -> CycleResult:  # fmt: skip
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
 
         After the first pass, symbols that failed with a transient error (throttled, a
@@ -113,6 +143,8 @@ class EtlPipeline:
         ``failed`` with ``error`` set, nothing is fetched, and the ledger keeps the cycle to
         record it when the database returns.
         """
+        retry_passes = self.retry_passes if retry_passes is None else retry_passes
+        batch_size = self.batch_size if batch_size is None else batch_size
         t0 = time.monotonic()
         cycle = CycleResult(job_name=job_name, provider=self.provider.name, started_at=self.clock.now(),
                             interval=interval, symbols_requested=len(symbols))  # fmt: skip
@@ -123,25 +155,30 @@ class EtlPipeline:
             cycle.settle(self.clock.now())
             self.ledger.defer(cycle)
             log.error("cycle %s: %s (kept to be recorded when the database returns)", job_name, cycle.error)
-            metrics.observe_cycle(cycle)
+            self._tell_cycle(cycle)
             return cycle
         paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
         todo = list(symbols)
-        if paused_until is not None:  # no request at all until the quota resets (logged once, by the budget)
+        st = _CycleState(job_name, run_id=cycle.run_id, paused=paused_until is not None and self.fallback is not None)
+        if paused_until is not None and self.fallback is None:  # no request at all until the quota resets
             cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
             todo = []
+        if self.fallback is not None:
+            try:
+                record_preference(self.ledger.engine, self.provider.name, self.fallback.name, todo, interval)
+            except LoadError as exc:
+                log.warning("could not record %s as the preferred provider: %s", self.provider.name, exc)
         since = self._watermarks(todo, interval) if todo else {}
         budgets = {s: RetryBudget(self.retry_attempts, self.retry_budget_seconds) for s in todo}
         done: dict[str, SymbolOutcome] = {}
-        self._db_down = False
         progress = _Progress(job_name, len(todo), t0)
         for attempt in range(1 + retry_passes):
             if attempt:
                 todo = [s for s in todo if s in done and not done[s].ok and done[s].retry_in_cycle and budgets[s].attempts > 0]
-                if not todo or self.stop.is_set() or self._db_down:
+                if not todo or self.stop.is_set() or st.db_down:
                     break
                 log.info("%s: another pass for %d symbol(s) with transient errors", job_name, len(todo))
-            for outcome in self._process(todo, interval, batch_size, since, budgets, cycle.run_id):
+            for outcome in self._process(todo, interval, batch_size, since, budgets, st):
                 done[outcome.symbol] = outcome
                 progress.tick(outcome, final=attempt == 0)
         cycle.outcomes = [done[s] for s in symbols if s in done]
@@ -152,8 +189,10 @@ class EtlPipeline:
             self.ledger.defer(cycle)
             log.error("cycle %s: could not record its end (%s); kept to be recorded when the database returns",
                       job_name, self.redact(str(exc)))  # fmt: skip
-        metrics.observe_cycle(cycle)
+        self._tell_cycle(cycle)
         rejected = f" ({cycle.rows_rejected} rejected: see rejected_bars)" if cycle.rows_rejected else ""
+        fallback = [f"{o.symbol}={o.served_by}" for o in cycle.outcomes if o.served_by]
+        rejected += f" (served by the fallback: {' '.join(fallback)})" if fallback else ""
         log.info(
             "cycle job=%s provider=%s interval=%s symbols=%d ok=%d failed=%d rows fetched=%d loaded=%d rejected=%d"
             " status=%s duration=%.3fs%s",
@@ -165,7 +204,7 @@ class EtlPipeline:
 
     def _process(
         self, symbols: Sequence[str], interval: str, batch_size: int, since: dict[str, datetime],
-        budgets: dict[str, RetryBudget], run_id: int | None,
+        budgets: dict[str, RetryBudget], st: _CycleState,
     ) -> Iterator[SymbolOutcome]:  # fmt: skip
         """Fetch on the pool, load on this thread as batches arrive; yields each symbol's outcome.
 
@@ -180,11 +219,11 @@ class EtlPipeline:
         try:
 
             def refill() -> None:
-                while len(in_flight) < self.workers and not self.stop.is_set() and not self._db_down:
+                while len(in_flight) < self.workers and not self.stop.is_set() and not st.db_down:
                     symbol = next(pending, None)
                     if symbol is None:
                         return
-                    fut = pool.submit(self._extract, symbol, interval, since.get(symbol), budgets[symbol])
+                    fut = pool.submit(self._extract, symbol, interval, since.get(symbol), budgets[symbol], st)
                     in_flight[fut] = symbol
 
             refill()
@@ -206,12 +245,12 @@ class EtlPipeline:
                     del in_flight[fut]
                 refill()  # keep fetching while this thread writes
                 arrived = [f.result() for f in finished]
-                self._record_rejections(arrived, interval, run_id)
+                self._record_rejections(arrived, interval, st.run_id)
                 loadable = [(o, b) for o, b, _ in arrived if o.ok and b]
                 for i in range(0, len(loadable), batch_size):
-                    yield from self._load(loadable[i : i + batch_size], run_id)
+                    yield from self._load(loadable[i : i + batch_size], st)
                 yield from (o for o, b, _ in arrived if not (o.ok and b))
-            if self._db_down:
+            if st.db_down:
                 for symbol in pending:
                     yield SymbolOutcome(symbol, error="not fetched: the database became unreachable during the cycle",
                                         transient=True)  # fmt: skip
@@ -219,13 +258,19 @@ class EtlPipeline:
             # never wait here for a fetch stuck in a slow HTTP read: it is abandoned
             pool.shutdown(wait=deadline is None, cancel_futures=True)
 
-    def _extract(self, symbol: str, interval: str, since: datetime | None, budget: RetryBudget) -> _Fetched:
-        """Fetch and validate one symbol (runs on a worker thread), within its retry budget."""
+    def _extract(self, symbol: str, interval: str, since: datetime | None, budget: RetryBudget, st: _CycleState) -> _Fetched:
+        """Fetch and validate one symbol (runs on a worker thread), within its retry budget; the
+        fallback provider (if any) serves a symbol the provider fails terminally or cannot serve."""
         out = SymbolOutcome(symbol)
         try:
             with retry_budget(budget):
+                if st.paused:
+                    raise QuotaExhausted(f"{self.provider.name} paused on its daily quota", provider=self.provider.name,
+                                         symbol=symbol)  # fmt: skip
                 fetched = self.provider.fetch_bars(symbol, interval, since=since)
         except MarketpollError as exc:
+            if self.fallback is not None and (not exc.transient or isinstance(exc, QuotaExhausted)):
+                return self._extract_fallback(symbol, interval, budget, reason=self.redact(str(exc)))
             out.error, out.transient = self.redact(str(exc)), exc.transient
             hint = getattr(exc, "retry_after_seconds", None)
             out.retry_in_cycle = exc.transient and budget.fits(hint or 0.0)
@@ -233,6 +278,28 @@ class EtlPipeline:
                 out.error += " (deferred to the next cycle: its retry budget for this cycle is spent)"
             log.warning("%s: %s", symbol, out.error)
             return out, [], []
+        return self._validated(out, fetched)
+
+    def _extract_fallback(self, symbol: str, interval: str, budget: RetryBudget, *, reason: str) -> _Fetched:
+        out = SymbolOutcome(symbol, served_by=self.fallback.name)
+        log.info("%s: %s failed (%s); asking the fallback %s", symbol, self.provider.name, reason, self.fallback.name)
+        try:
+            with retry_budget(RetryBudget(max(1, budget.attempts), budget.wait_seconds)):
+                fetched = self.fallback.fetch_bars(symbol, interval)
+        except MarketpollError as exc:
+            out.error, out.transient = self.redact(f"{reason}; fallback {self.fallback.name}: {exc}"), exc.transient
+            out.retry_in_cycle = False
+            log.warning("%s: %s", symbol, out.error)
+            return out, [], []
+        return self._validated(out, fetched)
+
+    def _validated(self, out: SymbolOutcome, fetched) -> _Fetched:
+        symbol = out.symbol
+        if fetched.actions:
+            try:
+                self.actions.record(fetched.actions, seen_at=self.clock.now())
+            except (LoadError, ValueError) as exc:
+                log.warning("%s: could not record %d corporate action(s): %s", symbol, len(fetched.actions), exc)
         good, rejected = validate_bars(fetched.bars, now=self.clock.now())
         rejected = fetched.rejected + rejected
         out.rows_fetched = len(fetched.bars) + len(fetched.rejected)
@@ -249,8 +316,8 @@ class EtlPipeline:
             if not rejected:
                 continue
             try:
-                self.rejects.record(rejected, provider=self.provider.name, interval=interval, seen_at=self.clock.now(),
-                                    run_id=run_id)  # fmt: skip
+                self.rejects.record(rejected, provider=out.served_by or self.provider.name, interval=interval,
+                                    seen_at=self.clock.now(), run_id=run_id)  # fmt: skip
             except LoadError as exc:
                 log.warning("%s: could not record %d rejected bar(s) in rejected_bars: %s", out.symbol, len(rejected),
                             self.redact(str(exc)))  # fmt: skip
@@ -271,7 +338,8 @@ class EtlPipeline:
         except LoadError:
             return False
 
-    def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]], run_id: int | None) -> list[SymbolOutcome]:
+    def _load(self, ready: list[tuple[SymbolOutcome, list[Bar]]], st: _CycleState) -> list[SymbolOutcome]:
+        run_id = st.run_id
         if not ready:
             return []
         credits = [Credit(run_id, o.rows_fetched, o.rows_rejected) if run_id is not None else None for o, _ in ready]
@@ -283,11 +351,29 @@ class EtlPipeline:
                 log.warning("%s: %s", out.symbol, out.error)
             else:
                 out.rows_loaded = result
-        if any(isinstance(r, LoadError) and r.transient for r in results) and not self._db_down:
+        for (out, bars), result in zip(ready, results, strict=True):
+            if not isinstance(result, LoadError) and result > 0:
+                self._tell_load(LoadEvent(bars[-1].provider, out.symbol, bars[-1].interval, bars[-1], result, st.job))
+        if any(isinstance(r, LoadError) and r.transient for r in results) and not st.db_down:
             if not self._database_reachable():
-                self._db_down = True
+                st.db_down = True
                 log.error("the database is unreachable: no further fetch starts in this cycle")
         return [out for out, _ in ready]
+
+
+    def _tell_load(self, event: LoadEvent) -> None:
+        for listener in self.listeners:
+            try:
+                listener.on_load(event)
+            except Exception:  # noqa: BLE001 - a listener never breaks loading
+                log.exception("listener %r failed on a load event", listener)
+
+    def _tell_cycle(self, cycle: CycleResult) -> None:
+        for listener in self.listeners:
+            try:
+                listener.on_cycle(cycle)
+            except Exception:  # noqa: BLE001 - a listener never breaks loading
+                log.exception("listener %r failed on a cycle", listener)
 
 
 class _Progress:

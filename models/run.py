@@ -34,6 +34,7 @@ class SymbolOutcome:
     transient: bool = False  # the error may go away on a later cycle (throttle, timeout)
     retry_in_cycle: bool = False  # ... and soon enough to try again within this cycle
     interrupted: bool = False  # a shutdown stopped it before it was fetched or loaded
+    served_by: str | None = None  # the fallback provider that served it (None: the cycle's own provider)
 
     @property
     def ok(self) -> bool:

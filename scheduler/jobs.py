@@ -78,7 +78,8 @@ class SessionTrigger(BaseTrigger):
 
 
 def define_job(calendars: Calendars, now: datetime, name: str, session: Session, symbols, interval_minutes: float, *,
-               exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min") -> JobDefinition:  # fmt: skip
+               exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min",
+               fallback_provider: str | None = None) -> JobDefinition:  # fmt: skip
     """A validated :class:`JobDefinition` (no database needed: the CLI checks before it connects).
 
     Raises :class:`~errors.ConfigError` for a bad name, symbol, interval or exchange and
@@ -94,7 +95,8 @@ def define_job(calendars: Calendars, now: datetime, name: str, session: Session,
     except (TypeError, ValueError):
         raise ConfigError(f"job interval must be a number of minutes, got {interval_minutes!r}", name="interval") from None
     # validates name, session, symbols and intervals before the (slow) calendar is built
-    job = JobDefinition(name, Session(session).value, exchange, provider, syms, interval, bar_interval)
+    job = JobDefinition(name, Session(session).value, exchange, provider, syms, interval, bar_interval,
+                        fallback_provider=fallback_provider)  # fmt: skip
     cal = calendars.get(exchange)  # validates the exchange code
     cal.next_window(now, frozenset({Session(session)}))  # the session exists
     return dataclasses.replace(job, exchange=cal.code)
@@ -103,7 +105,8 @@ def define_job(calendars: Calendars, now: datetime, name: str, session: Session,
 class MarketScheduler:
     """Named, session-keyed ETL jobs on an APScheduler ``BackgroundScheduler``.
 
-    ``pipeline_for(provider_name)`` returns the :class:`EtlPipeline` a job's cycles run on.
+    ``pipeline_for(provider_name, fallback_name)`` returns the :class:`EtlPipeline` a job's cycles run on:
+    the same route, retry passes and batch size as polling.
     Job options, chosen on purpose:
 
     - ``misfire_grace_time`` = half the job interval (at least 5 s): a fire delayed by load
@@ -118,7 +121,7 @@ class MarketScheduler:
     def __init__(
         self,
         store: JobStore,
-        pipeline_for: Callable[[str], EtlPipeline],
+        pipeline_for: Callable[[str, str | None], EtlPipeline],
         *,
         calendars: Calendars | None = None,
         clock: Clock | None = None,
@@ -136,15 +139,17 @@ class MarketScheduler:
 
     # -- the seed's scheduling API (writes rows) -----------------------------------------
 
-    def schedule_job(self, name: str, session: Session, symbols, interval_minutes: float, *,
-                     exchange: str = "XNYS", provider: str = "demo", bar_interval: str = "5min") -> bool:  # fmt: skip
+    def schedule_job(self, name: str, session: Session, symbols, interval_minutes: float, *, exchange: str = "XNYS",
+                     provider: str = "demo", bar_interval: str = "5min",
+                     fallback_provider: str | None = None) -> bool:  # fmt: skip
         """Create or replace a named job; returns True if a job of that name was replaced.
 
         Raises :class:`~errors.ConfigError` for a bad name, symbol, interval or exchange and
         :class:`~errors.SchedulingError` for a session the exchange does not have (see :func:`define_job`).
         """
         job = define_job(self.calendars, self.clock.now(), name, session, symbols, interval_minutes,
-                         exchange=exchange, provider=provider, bar_interval=bar_interval)  # fmt: skip
+                         exchange=exchange, provider=provider, bar_interval=bar_interval,
+                         fallback_provider=fallback_provider)  # fmt: skip
         return self.store.put(job, self.clock.now())
 
     def schedule_market_hours_job(self, job_name: str, symbols, interval_minutes: float, **kw) -> bool:
@@ -183,7 +188,7 @@ class MarketScheduler:
             out.append({
                 "name": job.name, "session": job.session, "exchange": job.exchange, "provider": job.provider,
                 "symbols": list(job.symbols), "interval_minutes": job.interval_minutes, "bar_interval": job.bar_interval,
-                "paused": job.paused,
+                "paused": job.paused, "fallback_provider": job.fallback_provider,
                 "next_run_utc": nxt.isoformat() if nxt else None,
                 "next_run_exchange": nxt.astimezone(cal.tz).isoformat() if nxt else None,
                 "last_run_status": run.status if run else None,
@@ -226,9 +231,9 @@ class MarketScheduler:
         if job is None:
             return
         try:
-            pipeline = self.pipeline_for(job.provider)
+            pipeline = self.pipeline_for(job.provider, job.fallback_provider)
             budget = pipeline.provider.budget
-            if budget is not None and budget.exhausted_until() is not None:
+            if budget is not None and budget.exhausted_until() is not None and pipeline.fallback is None:
                 log.debug("job %s skipped: %s is paused until its daily quota resets", name, job.provider)
                 return
             pipeline.run_cycle(job.symbols, job.bar_interval, job_name=job.name)

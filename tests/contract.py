@@ -51,6 +51,8 @@ class ProviderContract:
         assert {(b.provider, b.symbol, b.interval) for b in result.bars} == {(provider.name, self.GOOD_SYMBOL, self.INTERVAL)}
 
     def test_bar_starts_lie_on_the_interval_grid(self, provider):
+        if self.INTERVAL == "1day":
+            pytest.skip("daily bars start at 00:00 in the exchange's zone: each provider's own tests check it")
         step = interval_seconds(self.INTERVAL)
         result = provider.fetch_bars(self.GOOD_SYMBOL, self.INTERVAL)
         assert all(int(b.ts.timestamp()) % step == 0 for b in result.bars)

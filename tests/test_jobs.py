@@ -56,7 +56,7 @@ def running(request):
     """
     store = JobStore(request.getfixturevalue("pg_engine" if request.param == "postgresql" else "sqlite_engine"))
     pipeline = NoPipeline()
-    sched = MarketScheduler(store, pipeline_for=lambda _p: pipeline, calendars=CALS,
+    sched = MarketScheduler(store, pipeline_for=lambda _p, _f=None: pipeline, calendars=CALS,
                             clock=ManualClock(utc("2024-03-11T15:00:00Z")))  # fmt: skip
     stop = threading.Event()
     runner = threading.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
@@ -143,7 +143,8 @@ def test_24_7_job_fires_on_weekends():
 
 def test_store_put_replace_remove_and_last_run(engine):
     store = JobStore(engine)
-    sched = MarketScheduler(store, pipeline_for=lambda _p: None, calendars=CALS, clock=ManualClock(utc("2024-03-11T12:00:00Z")))
+    sched = MarketScheduler(store, pipeline_for=lambda _p, _f=None: None, calendars=CALS,
+                            clock=ManualClock(utc("2024-03-11T12:00:00Z")))  # fmt: skip
     assert sched.schedule_market_hours_job("daily", ["aapl", "MSFT"], 5) is False
     assert sched.schedule_market_hours_job("daily", ["AAPL"], 15, exchange="XNAS") is True
     assert sched.schedule_pre_market_job("early", ["SPY"], 15) is False
@@ -176,7 +177,7 @@ def test_store_put_replace_remove_and_last_run(engine):
     ],
 )
 def test_bad_job_definitions_are_rejected(sqlite_engine, args, name):
-    sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p: None, calendars=CALS)
+    sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p, _f=None: None, calendars=CALS)
     with pytest.raises(ConfigError) as info:
         sched.schedule_market_hours_job(*args)
     assert info.value.name == name
@@ -191,7 +192,7 @@ def test_job_names_and_interval_bounds():
 
 
 def test_pre_market_job_on_an_exchange_without_one_says_so(sqlite_engine):
-    sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p: None, calendars=CALS)
+    sched = MarketScheduler(JobStore(sqlite_engine), pipeline_for=lambda _p, _f=None: None, calendars=CALS)
     with pytest.raises(SchedulingError, match="XWAR has no pre-market session"):
         sched.schedule_pre_market_job("early", ["PKO"], 15, exchange="XWAR")
     with pytest.raises(SchedulingError, match="XNSE has no after-hours session"):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import pkgutil
+
 import pytest
 
+import etl.providers
 from errors import ConfigError
 from etl.providers import Provider, get_provider_class, provider_names
 from etl.providers.registry import PROVIDERS
@@ -9,13 +12,16 @@ from scheduler.strategies import STRATEGIES, ContinuousStrategy, strategy_class
 
 
 def test_builtin_entries():
-    assert provider_names() == ["alphavantage", "demo"]
+    # every module of etl/providers registers itself (tests may add their own, e.g. fakex)
+    modules = {m.name for m in pkgutil.iter_modules(etl.providers.__path__)} - {"base", "registry"}
+    assert {get_provider_class(n).__module__.rsplit(".", 1)[-1] for n in provider_names() if n != "fakex"} == modules
+    assert {"alphavantage", "demo"} <= set(provider_names()) and provider_names() == sorted(provider_names())
     assert STRATEGIES.names() == ["adaptive", "continuous", "market_hours"]
     assert strategy_class("continuous") is ContinuousStrategy
 
 
 def test_unknown_names_are_config_errors_naming_the_known_ones():
-    with pytest.raises(ConfigError, match="known: alphavantage, demo"):
+    with pytest.raises(ConfigError, match="known: alphavantage, .*demo"):
         get_provider_class("polygonx")
     with pytest.raises(ConfigError, match="unknown polling strategy"):
         strategy_class("sometimes")

@@ -242,7 +242,7 @@ def test_service_health_metrics_control_and_sd_notify(tmp_path, pg_engine, pg_ur
     assert TOKEN not in err
 
 
-def _no_pipeline(provider: str):
+def _no_pipeline(provider: str, fallback: str | None = None):
     raise ConfigError(f"no pipeline for {provider} in this test")  # run_job logs it; nothing runs
 
 

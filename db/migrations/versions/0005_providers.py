@@ -53,6 +53,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("etl_runs") as batch:
         batch.add_column(sa.Column("served_by", sa.Text))  # "SYMBOL=provider ..." for symbols a fallback served
+    with op.batch_alter_table("scheduled_jobs") as batch:
+        batch.add_column(sa.Column("fallback_provider", sa.Text))  # serves a symbol the provider fails terminally
     op.execute(
         """
         CREATE VIEW latest_bars AS
@@ -67,6 +69,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DROP VIEW bars_preferred")
     op.execute("DROP VIEW latest_bars")
+    with op.batch_alter_table("scheduled_jobs") as batch:
+        batch.drop_column("fallback_provider")
     with op.batch_alter_table("etl_runs") as batch:
         batch.drop_column("served_by")
     op.drop_table("series_preference")
