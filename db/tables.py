@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "corporate_actions", "series_preference",
-           "latest_bars", "BAR_KEY", "BAR_VALUES"]  # fmt: skip
+           "backfill_chunks", "no_data_ranges", "coverage", "latest_bars", "BAR_KEY", "BAR_VALUES"]  # fmt: skip
 
 metadata = sa.MetaData()
 
@@ -118,4 +118,47 @@ latest_bars = sa.Table(
     "latest_bars",
     sa.MetaData(),  # a view: kept out of ``metadata`` so nothing tries to CREATE TABLE it
     *(sa.Column(c.name, c.type) for c in bars.columns),
+)
+
+backfill_chunks = sa.Table(
+    "backfill_chunks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("symbol", sa.Text, nullable=False),
+    sa.Column("interval", sa.Text, nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("window_end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.Text, nullable=False),  # pending | done | no_data | failed
+    sa.Column("rows_fetched", sa.Integer, nullable=False),
+    sa.Column("rows_loaded", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+no_data_ranges = sa.Table(
+    "no_data_ranges",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("interval", sa.Text, primary_key=True),
+    sa.Column("range_start", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("range_end", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+coverage = sa.Table(
+    "coverage",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("interval", sa.Text, primary_key=True),
+    sa.Column("session_date", sa.Date, primary_key=True),
+    sa.Column("sessions", sa.Text, primary_key=True),
+    sa.Column("expected", sa.Integer, nullable=False),
+    sa.Column("loaded", sa.Integer, nullable=False),
+    sa.Column("no_data", sa.Integer, nullable=False),
+    sa.Column("missing", sa.Integer, nullable=False),
+    sa.Column("first_missing", sa.DateTime(timezone=True)),
+    sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
 )

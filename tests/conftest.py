@@ -99,7 +99,7 @@ def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs, api_quota, rejected_bars, corporate_actions, "
-                                 "series_preference RESTART IDENTITY")  # fmt: skip
+                                 "series_preference, backfill_chunks, no_data_ranges, coverage RESTART IDENTITY")  # fmt: skip
         else:
             conn.exec_driver_sql("DELETE FROM bars")
             conn.exec_driver_sql("DELETE FROM etl_runs")
@@ -108,6 +108,8 @@ def _clean(engine: sa.Engine) -> None:
             conn.exec_driver_sql("DELETE FROM rejected_bars")
             conn.exec_driver_sql("DELETE FROM corporate_actions")
             conn.exec_driver_sql("DELETE FROM series_preference")
+            for table in ("backfill_chunks", "no_data_ranges", "coverage"):
+                conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed names
 
 
 @pytest.fixture
