@@ -69,6 +69,7 @@ class _CycleState:
     run_id: int | None = None
     paused: bool = False  # the provider is paused on its daily quota: the fallback serves every symbol
     db_down: bool = False  # a load found the database unreachable: no new fetch starts
+    window: tuple[datetime, datetime] | None = None  # a history window (backfill) instead of the latest bars
 
 
 class EtlPipeline:
@@ -132,14 +133,16 @@ class EtlPipeline:
 
     def run_cycle(
         self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int | None = None,
-        batch_size: int | None = None,
+        batch_size: int | None = None, window: tuple[datetime, datetime] | None = None,
     ) -> CycleResult:  # fmt: skip
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
 
         After the first pass, symbols that failed with a transient error (throttled, a
         timeout, a dropped database connection) get up to ``retry_passes`` more passes, as far
         as their retry budget allows. At most ``batch_size`` symbols are written per load
-        transaction. If the ledger row cannot be written (database down) the cycle is
+        transaction. With ``window`` (UTC start, end exclusive) the cycle fetches that history
+        window (:meth:`~etl.providers.base.Provider.fetch_range`) instead of the latest bars: a
+        backfill chunk runs the same route. If the ledger row cannot be written (database down) the cycle is
         ``failed`` with ``error`` set, nothing is fetched, and the ledger keeps the cycle to
         record it when the database returns.
         """
@@ -159,7 +162,8 @@ class EtlPipeline:
             return cycle
         paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
         todo = list(symbols)
-        st = _CycleState(job_name, run_id=cycle.run_id, paused=paused_until is not None and self.fallback is not None)
+        st = _CycleState(job_name, run_id=cycle.run_id, paused=paused_until is not None and self.fallback is not None,
+                         window=window)  # fmt: skip
         if paused_until is not None and self.fallback is None:  # no request at all until the quota resets
             cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
             todo = []
@@ -168,7 +172,7 @@ class EtlPipeline:
                 record_preference(self.ledger.engine, self.provider.name, self.fallback.name, todo, interval)
             except LoadError as exc:
                 log.warning("could not record %s as the preferred provider: %s", self.provider.name, exc)
-        since = self._watermarks(todo, interval) if todo else {}
+        since = self._watermarks(todo, interval) if todo and window is None else {}
         budgets = {s: RetryBudget(self.retry_attempts, self.retry_budget_seconds) for s in todo}
         done: dict[str, SymbolOutcome] = {}
         progress = _Progress(job_name, len(todo), t0)
@@ -267,10 +271,13 @@ class EtlPipeline:
                 if st.paused:
                     raise QuotaExhausted(f"{self.provider.name} paused on its daily quota", provider=self.provider.name,
                                          symbol=symbol)  # fmt: skip
-                fetched = self.provider.fetch_bars(symbol, interval, since=since)
+                if st.window is not None:
+                    fetched = self.provider.fetch_range(symbol, interval, *st.window)
+                else:
+                    fetched = self.provider.fetch_bars(symbol, interval, since=since)
         except MarketpollError as exc:
             if self.fallback is not None and (not exc.transient or isinstance(exc, QuotaExhausted)):
-                return self._extract_fallback(symbol, interval, budget, reason=self.redact(str(exc)))
+                return self._extract_fallback(symbol, interval, budget, st, reason=self.redact(str(exc)))
             out.error, out.transient = self.redact(str(exc)), exc.transient
             hint = getattr(exc, "retry_after_seconds", None)
             out.retry_in_cycle = exc.transient and budget.fits(hint or 0.0)
@@ -280,12 +287,15 @@ class EtlPipeline:
             return out, [], []
         return self._validated(out, fetched)
 
-    def _extract_fallback(self, symbol: str, interval: str, budget: RetryBudget, *, reason: str) -> _Fetched:
+    def _extract_fallback(self, symbol: str, interval: str, budget: RetryBudget, st: _CycleState, *, reason: str) -> _Fetched:
         out = SymbolOutcome(symbol, served_by=self.fallback.name)
         log.info("%s: %s failed (%s); asking the fallback %s", symbol, self.provider.name, reason, self.fallback.name)
         try:
             with retry_budget(RetryBudget(max(1, budget.attempts), budget.wait_seconds)):
-                fetched = self.fallback.fetch_bars(symbol, interval)
+                if st.window is not None:
+                    fetched = self.fallback.fetch_range(symbol, interval, *st.window)
+                else:
+                    fetched = self.fallback.fetch_bars(symbol, interval)
         except MarketpollError as exc:
             out.error, out.transient = self.redact(f"{reason}; fallback {self.fallback.name}: {exc}"), exc.transient
             out.retry_in_cycle = False
@@ -305,6 +315,7 @@ class EtlPipeline:
         out.rows_fetched = len(fetched.bars) + len(fetched.rejected)
         out.rows_rejected = len(rejected)
         out.newest_ts = good[-1].ts if good else None
+        out.no_data = list(fetched.no_data)
         if rejected:
             r = rejected[0]
             log.warning("%s: rejected %d of %d bars, e.g. %s: %s", symbol, len(rejected), out.rows_fetched, r.key, r.reason)

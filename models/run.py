@@ -35,6 +35,7 @@ class SymbolOutcome:
     retry_in_cycle: bool = False  # ... and soon enough to try again within this cycle
     interrupted: bool = False  # a shutdown stopped it before it was fetched or loaded
     served_by: str | None = None  # the fallback provider that served it (None: the cycle's own provider)
+    no_data: list = field(default_factory=list)  # UTC (start, end) windows the provider said hold no data
 
     @property
     def ok(self) -> bool:
