@@ -20,7 +20,8 @@ from typing import Any
 from errors import ConfigError
 from etl.retry import RetryPolicy
 
-__all__ = ["Settings", "DEFAULT_DATABASE_URL", "absolute_sqlite_url", "default_stream_state_file", "SECRET_SUFFIXES"]
+__all__ = ["Settings", "DEFAULT_DATABASE_URL", "parse_bool", "absolute_sqlite_url", "default_stream_state_file",
+           "SECRET_SUFFIXES"]  # fmt: skip
 
 #: Embedded default: a SQLite file in the working directory, so the demo needs no server.
 DEFAULT_DATABASE_URL = "sqlite:///marketpoll.db"
@@ -62,7 +63,8 @@ def default_stream_state_file(env: Mapping[str, str]) -> str:
     return str(base / "marketpoll" / "stream.json")
 
 
-def _bool(name: str, raw: str) -> bool:
+def parse_bool(name: str, raw: str) -> bool:
+    """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case); raises ConfigError naming ``name``."""
     low = raw.strip().lower()
     if low in {"1", "true", "yes", "on"}:
         return True
@@ -141,7 +143,7 @@ class Settings:
         "retry_max_delay_seconds": _seconds,
         "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
         "log_format": _choice("text", "json"),
-        "include_partial_bars": _bool,
+        "include_partial_bars": parse_bool,
     }
 
     @classmethod

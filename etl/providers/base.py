@@ -359,12 +359,9 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
     elif isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         kind = next((a for a in typing.get_args(kind) if a is not type(None)), str)
     if kind is bool:
-        low = raw.strip().lower()
-        if low in {"1", "true", "yes", "on"}:
-            return True
-        if low in {"0", "false", "no", "off"}:
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}", name=name, value=raw)
+        from settings import parse_bool
+
+        return parse_bool(name, raw)
     if kind in (int, float):
         try:
             value = kind(raw)
