@@ -10,6 +10,7 @@ import logging
 import sys
 import threading
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -19,9 +20,11 @@ from sqlalchemy.engine import make_url
 import cli
 from clock import Clock, SystemClock
 from db import RunLedger, describe_url, make_engine, upgrade
+from db.backfill import ChunkStore
 from db.jobs import JobStore
 from db.quota import QuotaStore
 from errors import ConfigError, MarketpollError
+from etl.history import Backfill, Plan, make_progress
 from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers import Provider, get_provider_class
@@ -315,6 +318,110 @@ class App:
         print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now marketpoll\n      {ctl} status marketpoll; {logs}")
         return cli.EXIT_OK
 
+    # -- history: --backfill, --fill-gaps, --coverage ------------------------------------------
+
+    def backfill(self, args) -> int:
+        """--backfill: load [--start, --end) of --symbols chunk by chunk, resumably; prints a JSON summary."""
+        start, end = self.history_window(args)
+        self.check_interval(args.provider, args.interval)  # bad input fails before any database work
+        runner = self._history_runner(args, "backfill", self._coverage_ledger(required=False))
+        symbols = list(dict.fromkeys(args.symbols))
+        plan = runner.plan(symbols, args.interval, start, end, refetch=args.refetch)
+        header = {"mode": "backfill", "provider": args.provider, "interval": args.interval, "symbols": symbols,
+                  "start": start.isoformat(), "end": end.isoformat(), "refetch": args.refetch}  # fmt: skip
+        return self._run_history(runner, plan, args, header)
+
+    def fill_gaps(self, args) -> int:
+        """--fill-gaps: backfill exactly the ranges the coverage ledger finds missing (dates --start to --end)."""
+        self.history_window(args)  # bad input fails before any database work
+        self.check_interval(args.provider, args.interval)
+        coverage = self._coverage_ledger(required=True)
+        runner = self._history_runner(args, "fill_gaps", coverage)
+        symbols = list(dict.fromkeys(args.symbols))
+        ranges = coverage.missing_ranges(args.provider, symbols, args.interval, args.start, _last_date(args),
+                                         exchange=args.exchange, sessions=tuple(args.sessions))  # fmt: skip
+        plan = runner.plan_ranges(ranges, args.interval)
+        header = {"mode": "fill_gaps", "provider": args.provider, "interval": args.interval, "symbols": symbols,
+                  "start": args.start.isoformat(), "end": args.end.isoformat(), "exchange": args.exchange,
+                  "sessions": list(args.sessions), "missing_ranges": len(ranges)}  # fmt: skip
+        return self._run_history(runner, plan, args, header)
+
+    def coverage(self, args) -> int:
+        """--coverage: the completeness report (bars expected from the calendar vs loaded), and --coverage-plot."""
+        self.history_window(args)
+        self.check_interval(args.provider, args.interval)
+        ledger = self._coverage_ledger(required=True)
+        symbols = list(dict.fromkeys(args.symbols))
+        rows = ledger.compute(args.provider, symbols, args.interval, args.start, _last_date(args), exchange=args.exchange,
+                              sessions=tuple(args.sessions))  # fmt: skip
+        if (args.format or "table") == "json":
+            print(json.dumps([r.as_dict() for r in rows], indent=2, default=_iso))
+        else:
+            from db.coverage import render_table
+
+            print(render_table(rows))
+        if args.coverage_plot:
+            from reports.coverage_plot import plot_coverage
+
+            print(f"coverage heatmap written to {plot_coverage(rows, Path(args.coverage_plot))}", file=sys.stderr)
+        return cli.EXIT_OK
+
+    def history_window(self, args) -> tuple[datetime, datetime]:
+        """[--start, --end) as UTC instants: a date is midnight in the --exchange's zone. ConfigError if empty."""
+        tz = None
+
+        def utc(value) -> datetime:
+            nonlocal tz
+            if isinstance(value, datetime):
+                return value.astimezone(UTC)
+            tz = tz or self.calendars.get(args.exchange).tz  # an unknown exchange is bad input
+            return datetime.combine(value, time(0), tzinfo=tz).astimezone(UTC)
+
+        start, end = utc(args.start), utc(args.end)
+        if end <= start:
+            raise ConfigError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})", name="end")
+        return start, end
+
+    def _coverage_ledger(self, *, required: bool):
+        """The coverage ledger (db/coverage.py), imported only when a history command runs."""
+        try:
+            from db.coverage import CoverageLedger
+
+            if not hasattr(CoverageLedger, "record_no_data"):
+                raise ImportError("db.coverage.CoverageLedger has no record_no_data yet")
+        except ImportError as exc:
+            if required:
+                raise ConfigError(f"the coverage ledger (db/coverage.py) is not available: {exc}", name="coverage") from None
+            log.warning("no_data windows are kept in backfill_chunks only: the coverage ledger is not available (%s)", exc)
+            return None
+        return CoverageLedger(self.engine, self.calendars, self.clock)
+
+    def _history_runner(self, args, job: str, coverage) -> Backfill:
+        interactive = sys.stderr.isatty() and self.settings.log_format != "json"
+        return Backfill(
+            self.pipeline(args.provider), ChunkStore(self.engine, self.clock.now), clock=self.clock, stop=self.stop,
+            progress=make_progress(interactive=interactive, label=job), job_name=args.job_name or job, redact=self.redactor,
+            record_no_data=coverage.record_no_data if coverage is not None else None,
+        )  # fmt: skip
+
+    def _run_history(self, runner: Backfill, plan: Plan, args, header: dict) -> int:
+        mode = header["mode"]
+        log.info("%s: %d chunk(s) of %s from %s into %s%s", mode, len(plan.chunks), " ".join(header["symbols"]), args.provider,
+                 describe_url(self.settings.database_url),
+                 f" ({plan.already_loaded} already loaded: skipped; --refetch fetches them again)" if plan.already_loaded
+                 else "")  # fmt: skip
+        result = runner.run(plan, args.interval)
+        print(json.dumps({**header, **result.as_dict()}, indent=2))
+        for symbol, error in result.failed_symbols.items():
+            print(f"main.py: {mode}: symbol {symbol} failed: {error}", file=sys.stderr)
+        if result.error is not None:
+            log.error("database %s unavailable: %s", describe_url(self.settings.database_url), result.error)
+            return cli.EXIT_UNAVAILABLE
+        if result.chunks_pending:
+            log.warning("%s stopped with %d chunk(s) pending: run the same command again to continue", mode,
+                        result.chunks_pending)  # fmt: skip
+        return cli.EXIT_CYCLE_FAILED if result.chunks_failed else cli.EXIT_OK
+
     def budgets(self) -> dict:
         """Rate budget left per provider (requests left today; None without a daily quota)."""
         out = {}
@@ -328,6 +435,19 @@ class App:
                 out[name] = {"rates": [str(r) for r in p.budget.rates], "remaining_today": left,
                              "paused_until": paused.isoformat() if paused else None}  # fmt: skip
         return out
+
+
+def _last_date(args) -> date:
+    """The last session date of --start..--end for the coverage ledger (inclusive there): --end is excluded in
+    every history mode, so --backfill, --coverage and --fill-gaps with the same dates cover the same days."""
+    return args.end - timedelta(days=1)
+
+
+def _iso(value) -> str:
+    """JSON for dates and instants in reports (ISO 8601)."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def same_database(a: str, b: str) -> bool:

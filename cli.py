@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from db.jobs import MAX_JOB_INTERVAL_MINUTES, MIN_JOB_INTERVAL_MINUTES, check_job_name
 from errors import ConfigError
@@ -114,6 +114,39 @@ def _instant(text: str) -> datetime:
     return at
 
 
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _when(text: str) -> date | datetime:
+    """--start/--end: a date (YYYY-MM-DD: midnight in the --exchange's zone) or an ISO 8601 instant
+    (without a zone: UTC), from 1900 to 2200. An instant comes back UTC-aware."""
+    t = text.strip()
+    try:
+        if _DATE.match(t):
+            day = date.fromisoformat(t)
+            if not AT_RANGE_UTC[0].date() <= day < AT_RANGE_UTC[1].date():
+                raise argparse.ArgumentTypeError(f"must be from 1900 to 2200: {text!r}")
+            return day
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD) or an ISO 8601 instant: {text!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)  # an instant without a zone is UTC
+    try:
+        at = dt.astimezone(UTC)
+    except OverflowError:
+        at = None
+    if at is None or not AT_RANGE_UTC[0] <= at < AT_RANGE_UTC[1]:
+        raise argparse.ArgumentTypeError(f"must be from 1900 to 2200: {text!r}")
+    return at
+
+
+def _png(text: str) -> str:
+    if not text.lower().endswith(".png") or len(text) <= 4:
+        raise argparse.ArgumentTypeError(f"must name a .png file: {text!r}")
+    return text
+
+
 def _job_name(text: str) -> str:
     try:
         return check_job_name(text)
@@ -122,6 +155,7 @@ def _job_name(text: str) -> str:
 
 
 POLL_MODES = ("continuous_poll", "market_hours_poll", "adaptive_poll")
+HISTORY_MODES = ("backfill", "fill_gaps", "coverage")
 SCHEDULE_KINDS = ("market", "pre_market", "after_hours")
 
 
@@ -183,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-scheduled-jobs",
         action="store_true",
         help="run the named jobs in the foreground until SIGINT/SIGTERM (picks up changes within seconds)",
+    )
+    mode.add_argument(
+        "--backfill",
+        action="store_true",
+        help="load the history of --symbols over [--start, --end) in the provider's API-sized chunks; resumable "
+        "(a rerun continues where a stop or crash left it); prints a JSON summary",
+    )
+    mode.add_argument(
+        "--fill-gaps",
+        action="store_true",
+        help="backfill exactly the bars the coverage report finds missing in --sessions of --exchange, session dates "
+        "from --start up to --end (excluded)",
+    )
+    mode.add_argument(
+        "--coverage",
+        action="store_true",
+        help="report, per symbol and session date from --start up to --end (excluded), the bars expected in --sessions "
+        "of --exchange vs loaded (--format)",
     )
 
     src = p.add_argument_group("what to fetch")
@@ -304,6 +356,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--job-name", type=_job_name, default=None, help="etl_runs.job_name for these cycles (default: <strategy>_polling)"
     )
 
+    hist = p.add_argument_group("history (--backfill, --fill-gaps, --coverage)")
+    hist.add_argument(
+        "--start",
+        type=_when,
+        default=None,
+        metavar="WHEN",
+        help="first instant of the window: a date (YYYY-MM-DD, midnight in the --exchange's zone) or an ISO 8601 "
+        "instant (no zone: UTC), e.g. 2024-03-01 or 2024-03-01T13:30:00Z",
+    )
+    hist.add_argument(
+        "--end", type=_when, default=None, metavar="WHEN", help="end of the window, excluded; as --start (after it)"
+    )
+    hist.add_argument(
+        "--refetch", action="store_true", help="--backfill: fetch again the chunks already loaded (default: skip them)"
+    )
+    hist.add_argument(
+        "--format", choices=("table", "json"), default=None, help="--coverage: the report's format (default: table)"
+    )
+    hist.add_argument(
+        "--coverage-plot", type=_png, default=None, metavar="FILE.png", help="--coverage: also draw the heatmap into FILE.png"
+    )
+
     stream = p.add_argument_group("streaming")
     stream.add_argument(
         "--stream-interval",
@@ -387,6 +461,31 @@ def provider_options(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _check_history(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The history modes' required flags; flags of one mode given to another are refused, not ignored."""
+    history = next((m for m in HISTORY_MODES if getattr(args, m)), None)
+    flag = f"--{(history or '').replace('_', '-')}"
+    if history:
+        if not args.symbols:
+            parser.error("argument --symbols: at least one symbol is required")
+        for name in ("start", "end"):
+            value = getattr(args, name)
+            if value is None:
+                parser.error(f"argument --{name}: required with {flag}")
+            if history != "backfill" and isinstance(value, datetime):
+                parser.error(f"argument --{name}: {flag} takes a date (YYYY-MM-DD), not an instant: {value.isoformat()}")
+        if type(args.start) is type(args.end) and args.end <= args.start:
+            parser.error(f"argument --end: must be after --start ({args.start.isoformat()}): {args.end.isoformat()}")
+    elif args.start is not None or args.end is not None:
+        name = "start" if args.start is not None else "end"
+        parser.error(f"argument --{name}: only with --backfill, --fill-gaps or --coverage")
+    if args.refetch and not args.backfill:
+        parser.error("argument --refetch: only with --backfill")
+    for name, value in (("format", args.format), ("coverage-plot", args.coverage_plot)):
+        if value is not None and not args.coverage:
+            parser.error(f"argument --{name}: only with --coverage")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -401,6 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.sessions is None:
         args.sessions = ["pre", "regular", "post"] if args.adaptive_poll else ["regular"]
     args.schedule_kind = scheduling
+    _check_history(parser, args)
     if args.rate_limit is not None:
         from etl.ratelimit import parse_rates
 

@@ -4,6 +4,7 @@ python main.py --continuous-poll --symbols IBM MSFT --poll-interval 0.1 --poll-m
 python main.py --market-status --exchange XNYS --at 2024-03-11T13:00:00Z
 python main.py --schedule-market-job daily --job-symbols AAPL MSFT --job-interval 5
 python main.py --run-scheduled-jobs
+python main.py --backfill --provider alphavantage --symbols IBM --interval 5min --start 2024-01-01 --end 2024-04-01
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def dispatch(app: App, args) -> int:
         return app.remove_job(args.remove_job)
     if args.install_service:
         return app.install_service(args)
+    if args.backfill:
+        return app.backfill(args)
+    if args.fill_gaps:
+        return app.fill_gaps(args)
+    if args.coverage:
+        return app.coverage(args)
     return app.run_jobs(args.api_host, args.api_port, args.api_token or app.settings.marketpoll_api_token)
 
 

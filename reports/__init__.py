@@ -1,0 +1,5 @@
+"""Reports for people: pictures of what the tables hold (matplotlib, imported only when one is drawn)."""
+
+from reports.coverage_plot import plot_coverage
+
+__all__ = ["plot_coverage"]
