@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from db.engine import is_postgres, translate_db_errors
 from db.tables import bars
 
-__all__ = ["watermarks", "WATERMARKS_SQL"]
+__all__ = ["watermarks", "WATERMARKS_SQL", "SERIES_STATE_SQL"]
 
 
 #: Newest ``ts`` per (provider, symbol, interval), one backward primary-key probe per series
@@ -20,6 +20,27 @@ WATERMARKS_SQL = (
     "(SELECT max(b.ts) FROM bars b WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval) "
     "FROM unnest(%s::text[], %s::text[], %s::text[]) AS k(provider, symbol, interval)"
 )
+#: What the loader needs to know of each series of a batch, in one round trip (psycopg2; six parallel
+#: arrays: provider, symbol, interval, ``lo``, ``hi`` (timestamptz) and ``cap`` (int)). One row per
+#: series: ``(ord, watermark_us, stored)``. ``ord`` is its 1-based position in the arrays; times are
+#: microseconds since the Unix epoch (exact, cheap to parse); ``stored`` is null when ``lo`` is, else
+#: its stored bars with ``lo <= ts <= hi`` (at most ``cap``, oldest first), one line each:
+#: ``ts_us open high low close volume`` (``numeric`` text), joined by newlines (null if none).
+#: Every read of ``bars`` is a primary-key probe or range scan, so its cost does not depend on the
+#: history stored or on statistics.
+SERIES_STATE_SQL = """
+SELECT k.ord,
+       (SELECT (extract(epoch FROM max(b.ts)) * 1000000)::bigint FROM bars b
+        WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval),
+       (SELECT string_agg(r.line, E'\\n') FROM (
+            SELECT concat_ws(' ', (extract(epoch FROM b.ts) * 1000000)::bigint, b.open, b.high, b.low, b.close, b.volume) AS line
+            FROM bars b
+            WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval AND b.ts BETWEEN k.lo AND k.hi
+            ORDER BY b.ts
+            LIMIT k.cap) r)
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::int[])
+     WITH ORDINALITY AS k(provider, symbol, interval, lo, hi, cap, ord)
+"""
 _SQLITE_MAX = (
     sa.select(sa.func.max(bars.c.ts))
     .where(bars.c.provider == sa.bindparam("p"), bars.c.interval == sa.bindparam("i"), bars.c.symbol == sa.bindparam("s"))

@@ -5,17 +5,28 @@ several batches in one transaction (group commit: one fsync for many symbols) an
 still lands each batch all or none: if the group fails, every batch is retried
 alone, so only the one at fault fails. :meth:`BarLoader.load` is one batch.
 
-PostgreSQL path (raw psycopg2 connection; measured in benchmarks/load_bench.py):
+PostgreSQL path (raw psycopg2 connection; measured in benchmarks/load_bench.py and
+benchmarks/steady_bench.py). A running poller mostly re-fetches bars it already has (a
+compact Alpha Vantage reply re-sends ~100 bars, one or two of them new), so the path is
+built for that case, and nothing in it costs more as the history grows or depends on
+``ANALYZE`` having run:
 
-1. Look up each series' watermark (its newest ``ts``) through the primary key.
-2. Bars newer than their watermark cannot conflict: ``COPY`` them straight into
-   ``bars`` (in a savepoint: if a concurrent writer got there first, the unique
-   violation rolls it back and those bars take step 3 instead).
-3. The rest (re-fetched or revised bars) are ``COPY``-ed into a temporary staging
-   table and diffed against ``bars`` with one join; only new or changed rows are then
-   inserted (``ON CONFLICT … DO UPDATE``, safe against concurrent writers) or updated.
-   An identical re-load writes nothing. The join is about 2x faster than sending every
-   row through ``INSERT … ON CONFLICT``, whose per-row conflict check dominates.
+1. One round trip (:data:`db.queries.SERIES_STATE_SQL`) reads each series' watermark (its
+   newest ``ts``) and, for each series the loader does not remember, its stored bars over the
+   batch's ``ts`` range, all by primary-key probes and range scans.
+2. Each bar is then placed: newer than its watermark, it is *appended*; committed before by this
+   loader with the same values (its :class:`SeriesMemory`, bounded, filled only after a commit;
+   read its docstring for what it assumes) or equal, as text, to the stored row just read, it is
+   *dropped*; otherwise it is *written*. A steady-state poll sends the database only its new
+   and revised bars.
+3. Appended bars cannot conflict: ``COPY`` them straight into ``bars`` (in a savepoint: if a
+   concurrent writer got there first, the unique violation rolls it back and they are written
+   instead).
+4. Bars to write go through ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the values differ (safe
+   against concurrent writers; a row found equal is not rewritten or counted): a few hundred in
+   one statement (:data:`_UPSERT`), more ``COPY``-ed into a temporary staging table first and
+   diffed against ``bars`` with primary-key range scans and ``EXCEPT`` (:data:`_MERGE`).
+5. The ledger credits and ``COMMIT`` travel in one round trip (:class:`_Tx`).
 
 Values travel as the provider's decimal text; duplicate keys are removed first (the
 last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``.
@@ -25,10 +36,15 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+import time
+import weakref
+import zlib
 from abc import ABC, abstractmethod
-from collections import Counter
-from collections.abc import Sequence
-from datetime import datetime
+from array import array
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 import psycopg2
@@ -37,15 +53,32 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from db.engine import is_postgres, translate_db_errors
 from db.ledger import CREDIT_SQL, credit_statement
-from db.queries import WATERMARKS_SQL
+from db.queries import SERIES_STATE_SQL
 from db.tables import BAR_KEY, BAR_VALUES, bars
-from errors import LoadError
+from errors import ConfigError, LoadError
 from etl.transform import dedupe_bars
 from models.bar import Bar
 
-__all__ = ["BarLoader", "PostgresBarLoader", "SqlAlchemyBarLoader", "make_loader", "copy_text", "Credit"]
+__all__ = [
+    "BarLoader", "PostgresBarLoader", "SqlAlchemyBarLoader", "SeriesMemory", "make_loader", "copy_text", "Credit",
+    "MEMORY_MAX_SERIES", "MEMORY_BARS_PER_SERIES", "MEMORY_VERIFY_EVERY", "KEEP_CONNECTION_SECONDS",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
+
+#: Series a :class:`SeriesMemory` holds at most; the least recently loaded is forgotten first
+#: (about 1.2 KB each for 100 bars: 10,000 series are ~12 MB).
+MEMORY_MAX_SERIES = 10_000
+#: Newest bars remembered per series (a compact Alpha Vantage reply holds 100).
+MEMORY_BARS_PER_SERIES = 256
+#: A series answered from memory is compared with the database again after at most this many
+#: loads (between half this and this many, fixed per series, so the re-checks spread over cycles;
+#: a re-check reads the series' stored bars in the load's first round trip).
+MEMORY_VERIFY_EVERY = 20
+
+#: A connection the loader used this many seconds ago or less serves its next load without the
+#: pool's pre-ping (one round trip per checkout); an older one goes back to the pool.
+KEEP_CONNECTION_SECONDS = 2.0
 
 # SQL below is built from these module constants only: no user input reaches it.
 _COLS = BAR_KEY + BAR_VALUES
@@ -55,26 +88,60 @@ _CREATE_STAGE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (provider text, symbol text, interval text, ts timestamptz, "
     "open numeric, high numeric, low numeric, close numeric, volume numeric) ON COMMIT DELETE ROWS"
 )
-_KEY_EQ = " AND ".join(f"b.{k} = s.{k}" for k in BAR_KEY)
-_CHANGED = f"({', '.join('b.' + v for v in BAR_VALUES)}) IS DISTINCT FROM ({', '.join('s.' + v for v in BAR_VALUES)})"
-_SET = ", ".join(f"{v} = s.{v}" for v in BAR_VALUES) + ", ingested_at = now()"
+_CHANGED = f"({', '.join('b.' + v for v in BAR_VALUES)}) IS DISTINCT FROM ({', '.join('EXCLUDED.' + v for v in BAR_VALUES)})"
+_SET = ", ".join(f"{v} = EXCLUDED.{v}" for v in BAR_VALUES) + ", ingested_at = now()"
+#: The diff of the staged bars against ``bars``; one row per series written: (provider, symbol, interval, rows).
+#: ``bars`` is read only by primary-key range scans, one per staged series (``OFFSET 0`` keeps the
+#: LATERAL subquery from being pulled up into a join the planner could hash); ``EXCEPT`` compares
+#: ``numeric`` by value (``1.50`` equals ``1.5``), like ``IS DISTINCT FROM``. Only new or changed
+#: rows reach ``ON CONFLICT``, whose ``WHERE`` skips a row a concurrent writer already made equal.
 _MERGE = f"""
-WITH d AS MATERIALIZED (
-    SELECT s.*, b.ts IS NULL AS is_new FROM {_STAGE} s LEFT JOIN bars b ON {_KEY_EQ}
-    WHERE b.ts IS NULL OR {_CHANGED}
-), ins AS (
-    INSERT INTO bars AS b ({_COL_LIST}) SELECT {_COL_LIST} FROM d WHERE is_new
-    ON CONFLICT ({", ".join(BAR_KEY)}) DO UPDATE SET {_SET.replace("s.", "EXCLUDED.")}
-    WHERE {_CHANGED.replace("s.", "EXCLUDED.")}
-    RETURNING b.provider, b.symbol, b.interval
-), upd AS (
-    UPDATE bars b SET {_SET} FROM d s WHERE NOT s.is_new AND {_KEY_EQ}
+WITH r AS (
+    SELECT provider, symbol, interval, min(ts) AS lo, max(ts) AS hi FROM {_STAGE} GROUP BY provider, symbol, interval
+), d AS (
+    SELECT {_COL_LIST} FROM {_STAGE}
+    EXCEPT
+    SELECT c.* FROM r CROSS JOIN LATERAL (
+        SELECT {", ".join("b." + c for c in _COLS)} FROM bars b
+        WHERE b.provider = r.provider AND b.symbol = r.symbol AND b.interval = r.interval AND b.ts BETWEEN r.lo AND r.hi
+        OFFSET 0
+    ) c
+), w AS (
+    INSERT INTO bars AS b ({_COL_LIST}) SELECT {_COL_LIST} FROM d
+    ON CONFLICT ({", ".join(BAR_KEY)}) DO UPDATE SET {_SET} WHERE {_CHANGED}
     RETURNING b.provider, b.symbol, b.interval
 )
-SELECT provider, symbol, interval, count(*) FROM (SELECT * FROM ins UNION ALL SELECT * FROM upd) w
-GROUP BY provider, symbol, interval
+SELECT provider, symbol, interval, count(*) FROM w GROUP BY provider, symbol, interval
 """  # noqa: S608
+_UPSERT_ROWS = f"""
+INSERT INTO bars AS b ({_COL_LIST})
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::numeric[],
+                     %s::numeric[], %s::numeric[])
+ON CONFLICT ({", ".join(BAR_KEY)}) DO UPDATE SET {_SET} WHERE {_CHANGED}
+"""  # noqa: S608
+#: The same for a few rows sent inline as arrays (one round trip instead of COPY + statement);
+#: one row per row written: (provider, symbol, interval).
+_UPSERT = _UPSERT_ROWS + "RETURNING b.provider, b.symbol, b.interval"
+#: A group whose every series is remembered, in one statement: its new and revised bars go in (the
+#: arrays of :data:`_UPSERT`), and the statement fails with ``division_by_zero`` (so nothing of it
+#: stays) unless each series' watermark before it (four more arrays: provider, symbol, interval,
+#: watermark in microseconds since the epoch) is the remembered one and it wrote exactly the
+#: number of rows given last. The ledger credits, sent with it, count on that number.
+_REMEMBERED = f"""
+WITH w AS ({_UPSERT_ROWS}RETURNING 1
+), m AS (
+    SELECT bool_and(k.mark_us IS NOT DISTINCT FROM (
+               SELECT (extract(epoch FROM max(b.ts)) * 1000000)::bigint FROM bars b
+               WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval)) AS ok
+    FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS k(provider, symbol, interval, mark_us)
+)
+SELECT 1 / (coalesce((SELECT ok FROM m), false) AND (SELECT count(*) FROM w) = %s)::int
+"""  # noqa: S608
+#: Bars to write in one group up to which :data:`_UPSERT` is used, above which :data:`_MERGE`.
+_INLINE_MAX = 256
 Series = tuple[str, str, str]  # (provider, symbol, interval)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Credit(NamedTuple):
@@ -102,7 +169,8 @@ def copy_text(rows: Sequence[Bar]) -> str:
     """PostgreSQL COPY text format for ``rows`` (columns in ``BAR_KEY + BAR_VALUES`` order).
 
     Fields are written as they are: symbols and provider names are validated to hold no
-    tabs, newlines or backslashes (:data:`models.SYMBOL_RE`), values are validated decimal text.
+    tabs, newlines or backslashes (:data:`models.SYMBOL_RE`), values are validated decimal text;
+    a volume of None is written as ``\\N`` (NULL).
     """
     ts_text: dict[datetime, str] = {}
     out = []
@@ -111,8 +179,224 @@ def copy_text(rows: Sequence[Bar]) -> str:
         t = ts_text.get(b.ts)
         if t is None:
             t = ts_text[b.ts] = b.ts.isoformat()
-        append(f"{b.provider}\t{b.symbol}\t{b.interval}\t{t}\t{b.open}\t{b.high}\t{b.low}\t{b.close}\t{b.volume}\n")
+        v = b.volume if b.volume is not None else "\\N"  # no volume (an index): NULL
+        append(f"{b.provider}\t{b.symbol}\t{b.interval}\t{t}\t{b.open}\t{b.high}\t{b.low}\t{b.close}\t{v}\n")
     return "".join(out)
+
+
+class _Tx:
+    """Statements on a psycopg2 connection in autocommit mode, in as few round trips as possible.
+
+    Outside autocommit mode psycopg2 sends ``BEGIN`` and ``COMMIT`` in round trips of their own; here
+    transaction control travels in front of the next statement, COPY included (``BEGIN; SELECT …``,
+    ``SAVEPOINT …; COPY …``, ``UPDATE etl_runs …; COMMIT``), and several statements sent at once
+    without ``BEGIN`` are one implicit transaction. On a busy host each round trip waits for two
+    processes to be scheduled (measured: 5-10 ms on 2 shared cores during a cycle), and a
+    steady-state load is mostly round trips. Statements queued with :meth:`then` take no parameters.
+    """
+
+    def __init__(self, cur) -> None:
+        self.cur = cur
+        self._queued: list[str] = []
+        self.round_trips = 0  # counted as they are sent, so a failed one counts too
+
+    def then(self, sql: str) -> None:
+        """Send ``sql`` in front of the next statement."""
+        self._queued.append(sql)
+
+    def _send(self, sql: str) -> str:
+        text = "; ".join([*self._queued, sql])
+        self._queued.clear()
+        self.round_trips += 1
+        return text
+
+    def execute(self, sql: str, params=None) -> None:
+        self.cur.execute(self._send(sql), params)
+
+    def copy(self, table: str, rows: Sequence[Bar]) -> None:
+        """COPY ``rows`` into ``table``, handing psycopg2 the text in one piece (its default is 8 KB reads)."""
+        text = copy_text(rows)
+        self.cur.copy_expert(self._send(f"COPY {table} ({_COL_LIST}) FROM STDIN"), io.StringIO(text),
+                             size=max(len(text), 8192))  # fmt: skip
+
+    def commit(self, statements: Sequence[str] = ()) -> None:
+        """Run ``statements`` (literal SQL, no parameters) and ``COMMIT``, in one round trip (none if nothing began)."""
+        if not statements and self._queued == ["BEGIN"]:
+            self._queued.clear()
+            return
+        self.cur.execute(self._send("; ".join([*statements, "COMMIT"])))
+
+
+class _Kept:
+    """The connection of a loader's last load, kept for its next one.
+
+    A pool checkout pings the server first (``pool_pre_ping``): a round trip per load, about a third
+    of a steady-state load's. A connection used within :data:`KEEP_CONNECTION_SECONDS` is trusted
+    instead; if it died meanwhile, the load's first round trip (a read) fails and the load starts
+    again on a pinged one (:meth:`PostgresBarLoader._load_group`). An older one goes back to the
+    pool; so does the kept one when the loader is garbage-collected or the interpreter exits.
+    """
+
+    def __init__(self) -> None:
+        self._conn = None
+        self._used_at = 0.0
+        self._lock = threading.Lock()
+
+    def take(self):
+        """The kept connection if fresh enough (and forget it), else None."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None and time.monotonic() - self._used_at > KEEP_CONNECTION_SECONDS:
+            conn.close()  # back to the pool, which pings it before handing it out again
+            conn = None
+        return conn
+
+    def give(self, conn) -> None:
+        """Keep ``conn`` (idle, as the pool hands it out) for the next load, or return it if one is kept."""
+        with self._lock:
+            if self._conn is None:
+                self._conn, self._used_at = conn, time.monotonic()
+                return
+        conn.close()
+
+    def release(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - at exit or collection: nothing left to tell
+                pass
+
+
+class _StaleConnection(Exception):
+    """A kept connection failed on its load's first round trip: start again on a pinged one."""
+
+
+class _Entry(NamedTuple):
+    """What one series held right after the commit that filled it."""
+
+    mark: datetime  # the series' newest stored ts then (its watermark)
+    oldest: datetime  # ts of the oldest bar remembered: older ones are read from the database
+    fingerprints: array  # sorted ``hash(bar[3:])`` of its newest bars, as committed
+    uses: int  # loads answered from this entry since its series was last diffed in full (starts at its phase)
+
+
+class SeriesMemory:
+    """Per series, the newest bars a loader committed: a re-fetched bar found here unchanged is not sent.
+
+    Bounded: at most ``max_series`` series (least recently loaded forgotten first) and the newest
+    ``bars_per_series`` bars of each, kept as 64-bit fingerprints (``hash`` of ``ts`` and the five
+    values' text; 8 bytes a bar). Filled only after a commit, with what that commit left in the
+    database; a load that fails or rolls back forgets every series it touched. Thread-safe: when
+    two loads of the same series overlap (two jobs of one process), each forgets the series at its end.
+
+    A bar counts as unchanged only when its fingerprint matches *and* the series' watermark read in
+    the load's transaction is the one this memory recorded: a mismatch (another writer appended
+    newer bars, the newest ones were deleted) distrusts the series, whose bars are then all
+    written (and found equal or not by the database). Text that differs but is numerically equal
+    (``1.5`` / ``1.50``) is merely sent and found equal there.
+
+    What it assumes: that nothing but this loader changes or deletes a stored bar *older than the
+    series' newest* between two of its loads (another process re-writing the same series with
+    other values, a hand-made ``UPDATE``/``DELETE``). Such a change is not undone at once by a poll
+    that re-sends the old values, as a database diff would; it is repaired when the series is next
+    compared with the database, after at most ``verify_every`` loads of the series (a re-check reads
+    its stored bars in the load's first round trip, so it costs no extra round trip), and after every
+    restart. Acceptable because bars have one writer per (provider, series) in marketpoll's
+    deployments, a stale copy lives at most ``verify_every`` polls, and the memory never makes a
+    bar be skipped that this process did not itself see committed. A fingerprint collision (a
+    revised bar hashing like a remembered one: about 2^-64 per comparison, with Python's
+    per-process keyed string hash) would skip that revision until the next re-check.
+    """
+
+    def __init__(
+        self, max_series: int = MEMORY_MAX_SERIES, bars_per_series: int = MEMORY_BARS_PER_SERIES,
+        verify_every: int = MEMORY_VERIFY_EVERY,
+    ) -> None:  # fmt: skip
+        for name, value, low in (("max_series", max_series, 0), ("bars_per_series", bars_per_series, 1),
+                                 ("verify_every", verify_every, 1)):  # fmt: skip
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}", name=name, value=value)
+        self.max_series = max_series
+        self.bars_per_series = bars_per_series
+        self.verify_every = verify_every
+        self._entries: OrderedDict[Series, _Entry] = OrderedDict()
+        self._in_flight: Counter[Series] = Counter()
+        self._overlapped: set[Series] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget everything (the next load of every series is diffed in the database)."""
+        with self._lock:
+            self._entries.clear()
+
+    def begin(self, series: Collection[Series]) -> dict[Series, _Entry]:
+        """A load of ``series`` starts: their entries that may be trusted. Pair with :meth:`end`."""
+        out = {}
+        with self._lock:
+            for s in series:
+                if self._in_flight[s]:
+                    self._overlapped.add(s)
+                self._in_flight[s] += 1
+                e = self._entries.get(s)
+                if e is not None and e.uses < self.verify_every and s not in self._overlapped:
+                    out[s] = e
+        return out
+
+    def end(self, series: Collection[Series], committed: dict[Series, _Entry] | None) -> None:
+        """The load of ``series`` ended: ``committed`` (from :meth:`entry`) once it committed, None if it did not."""
+        with self._lock:
+            for s in series:
+                e = committed.get(s) if committed is not None and s not in self._overlapped else None
+                if e is None or self.max_series == 0:
+                    self._entries.pop(s, None)
+                else:
+                    self._entries[s] = e
+                    self._entries.move_to_end(s)
+                left = self._in_flight[s] - 1
+                if left:
+                    self._in_flight[s] = left
+                else:
+                    del self._in_flight[s]
+                    self._overlapped.discard(s)
+            while len(self._entries) > self.max_series:
+                self._entries.popitem(last=False)
+
+    def entry(self, series: Series, rows: list[Bar], fingerprints: array | None, span: tuple[datetime, datetime],
+              mark: datetime | None, used: _Entry | None) -> _Entry:  # fmt: skip
+        """The entry for ``series`` once ``rows`` commit (its bars in this load; ``fingerprints``: theirs, sorted, if known).
+
+        ``span`` is their (oldest, newest) ``ts``; ``mark`` the watermark read in the load's transaction;
+        ``used`` the entry that answered some of ``rows``, or None if every row was compared in the database.
+        """
+        oldest, newest = span
+        if len(rows) > self.bars_per_series:
+            rows = sorted(rows, key=lambda b: b.ts)[-self.bars_per_series :]
+            fingerprints, oldest = None, rows[0].ts
+        if fingerprints is None:
+            fingerprints = array("q", sorted([hash(b[3:]) for b in rows]))
+        uses = used.uses + 1 if used is not None else self._phase(series)
+        return _Entry(newest if mark is None or newest > mark else mark, oldest, fingerprints, uses)
+
+    def _phase(self, series: Series) -> int:
+        """Uses a freshly diffed entry starts at, fixed per series: spreads the series' re-checks over cycles."""
+        return zlib.crc32("\x1f".join(series).encode()) % (self.verify_every // 2 + 1)
+
+
+def _by_series(rows: Sequence[Bar]) -> tuple[dict[Series, list[Bar]], dict[Series, tuple[datetime, datetime]]]:
+    """``rows`` by series, and each series' (oldest, newest) ``ts``."""
+    by_series: dict[Series, list[Bar]] = {}
+    for b in rows:  # a Bar's first three fields are its series (provider, symbol, interval): slices, not attributes
+        by_series.setdefault(b[:3], []).append(b)
+    span = {}
+    for s, batch in by_series.items():
+        stamps = [b.ts for b in batch]
+        span[s] = (min(stamps), max(stamps))
+    return by_series, span
 
 
 class BarLoader(ABC):
@@ -158,59 +442,214 @@ class BarLoader(ABC):
 
 
 class PostgresBarLoader(BarLoader):
-    """The COPY + diff path described in the module docstring."""
+    """The path described in the module docstring.
+
+    ``memory`` (default: a :class:`SeriesMemory` of its own) remembers what this loader committed.
+    ``stats`` counts the bars of committed loads by the way they went: ``remembered`` (not sent:
+    committed before by this loader with the same values), ``compared`` (not sent: equal to the
+    stored row read in the load's first round trip), ``appended`` (COPY-ed straight in) and
+    ``written`` (sent through ``ON CONFLICT``; the database counts those that changed).
+    """
+
+    def __init__(self, engine: sa.Engine, *, memory: SeriesMemory | None = None) -> None:
+        super().__init__(engine)
+        self.memory = memory if memory is not None else SeriesMemory()
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._kept = _Kept()
+        weakref.finalize(self, self._kept.release)
 
     def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
-        with translate_db_errors("loading bars"):
-            conn = self.engine.raw_connection()
-            try:
-                written = self._write(conn, [b for batch in batches for b in batch]) if any(batches) else Counter()
-                counts = [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
-                if any(c is not None for c in credits):
-                    cur = conn.cursor()
-                    for run_id, t in _credits_by_run(credits, counts).items():
-                        cur.execute(CREDIT_SQL, {"run_id": run_id, **t})
-                conn.commit()
-            except BaseException:
+        series = {b[:3] for batch in batches for b in batch}
+        trusted = self.memory.begin(series)
+        committed: dict[Series, _Entry] | None = None
+        try:
+            with translate_db_errors("loading bars"):
+                conn = self._kept.take()
                 try:
-                    conn.rollback()
-                except Exception:
-                    conn.invalidate()  # the connection is dead: never hand it out again
-                raise
-            finally:
-                conn.close()
+                    counts, committed, paths = self._transaction(conn, batches, credits, trusted)
+                except _StaleConnection:
+                    counts, committed, paths = self._transaction(None, batches, credits, trusted)
+        finally:
+            self.memory.end(series, committed)  # fills it only after the commit; forgets on any failure
+        with self._stats_lock:
+            self.stats.update(paths)
         return counts
 
-    def _write(self, conn, rows: list[Bar]) -> Counter[Series]:
-        cur = conn.cursor()
-        # a Bar's first three fields are its series (provider, symbol, interval): slices, not attributes
-        series = sorted({b[:3] for b in rows})
-        cur.execute(WATERMARKS_SQL, ([s[0] for s in series], [s[1] for s in series], [s[2] for s in series]))
-        marks = {(p, s, i): ts for p, s, i, ts in cur.fetchall()}
-        fresh, seen = [], []
-        for b in rows:
-            mark = marks[b[:3]]
-            (fresh if mark is None or b.ts > mark else seen).append(b)
-        written: Counter[Series] = Counter()
-        if fresh:
-            cur.execute("SAVEPOINT mp_append")
-            try:
-                cur.copy_expert(f"COPY bars ({_COL_LIST}) FROM STDIN", io.StringIO(copy_text(fresh)))
-                cur.execute("RELEASE SAVEPOINT mp_append")
-                written.update(b[:3] for b in fresh)
-            except psycopg2.errors.UniqueViolation:
-                log.debug("append of %d bars raced another writer; merging them", len(fresh))
-                cur.execute("ROLLBACK TO SAVEPOINT mp_append")
-                seen.extend(fresh)
-        if seen:
+    def _transaction(self, conn, batches: list[list[Bar]], credits: list[Credit | None], trusted: dict[Series, _Entry]):
+        """Load ``batches`` in one transaction on ``conn`` (a kept connection, or None: one from the pool).
+
+        Returns (counts per batch, memory entries to keep, bars per path); raises :class:`_StaleConnection`
+        when a kept connection fails in its first round trip.
+        """
+        kept = conn is not None
+        conn = conn or self.engine.raw_connection()
+        pg = conn.driver_connection
+        tx = None
+        try:
+            pg.autocommit = True  # BEGIN and COMMIT travel with the statements (see _Tx)
+            cur = pg.cursor()
             if not conn.info.get(_STAGE):
-                cur.execute(_CREATE_STAGE)
+                cur.execute(_CREATE_STAGE)  # in a transaction of its own: a later rollback keeps it
                 conn.info[_STAGE] = True
-            cur.copy_expert(f"COPY {_STAGE} ({_COL_LIST}) FROM STDIN", io.StringIO(copy_text(seen)))
-            cur.execute(_MERGE)
-            for p, s, i, n in cur.fetchall():
+            tx = _Tx(cur)
+            rows = [b for batch in batches for b in batch]
+            by_series, span = _by_series(rows)
+
+            def credited(written: Counter[Series]) -> tuple[list[int], list[str]]:
+                counts = [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
+                return counts, [cur.mogrify(CREDIT_SQL, {"run_id": run_id, **t}).decode()
+                                for run_id, t in _credits_by_run(credits, counts).items()]  # fmt: skip
+
+            plan = self._plan_remembered(by_series, span, trusted) if rows else None
+            if plan is not None:  # the steady state: one round trip, checked by the database
+                written, entries, paths, params = plan
+                counts, statements = credited(written)
+                try:
+                    tx.execute("; ".join([cur.mogrify(_REMEMBERED, params).decode(), *statements]))
+                except psycopg2.errors.DivisionByZero:  # nothing of it stayed: compare with the database instead
+                    log.debug("the memory of %d series disagrees with the database; comparing them", len(by_series))
+                    plan, trusted = None, {}
+            if plan is None:
+                tx.then("BEGIN")
+                written, entries, paths = self._write(tx, by_series, span, trusted) if rows else (Counter(), {}, {})
+                counts, statements = credited(written)
+                tx.commit(statements)
+        except BaseException as exc:
+            try:
+                pg.cursor().execute("ROLLBACK")
+                pg.autocommit = False
+            except Exception:
+                conn.invalidate()  # the connection is dead: never hand it out again
+            conn.close()
+            first = tx is None or tx.round_trips <= 1
+            if kept and first and isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+                log.info("the kept database connection failed (%s); loading again on a new one", str(exc).strip())
+                raise _StaleConnection from exc
+            raise
+        try:
+            pg.autocommit = False  # as the pool hands it out
+        except Exception:  # committed, but the connection broke just after: drop it
+            conn.invalidate()
+            conn.close()
+        else:
+            self._kept.give(conn)
+        return counts, entries, paths
+
+    def _plan_remembered(self, by_series: dict[Series, list[Bar]], span: dict, trusted: dict[Series, _Entry]):
+        """When every series of the group is remembered back to its oldest bar: what :data:`_REMEMBERED` sends.
+
+        Returns (rows it will write per series, memory entries, bars per path, parameters), or None. A bar
+        newer than the remembered watermark, or not remembered, is sent; the others are not. The
+        statement then proves the memory right (watermarks, rows written) or undoes itself.
+        """
+        if any(s not in trusted or span[s][0] < trusted[s].oldest for s in by_series):
+            return None
+        send: list[Bar] = []
+        written: Counter[Series] = Counter()
+        entries = {}
+        remembered = 0
+        for s, batch in by_series.items():
+            entry = trusted[s]
+            fingerprints = [hash(b[3:]) for b in batch]
+            ordered = array("q", sorted(fingerprints))
+            if len(batch) == len(entry.fingerprints) and entry.fingerprints == ordered:
+                hits = len(batch)  # the identical re-load
+            else:
+                known, mark, hits = set(entry.fingerprints), entry.mark, 0
+                for b, f in zip(batch, fingerprints, strict=True):
+                    if b.ts <= mark and f in known:
+                        hits += 1
+                    else:
+                        send.append(b)
+                        written[s] += 1
+            remembered += hits
+            entries[s] = self.memory.entry(s, batch, ordered, span[s], entry.mark, entry if hits else None)
+        marks_us = [(trusted[s].mark - _EPOCH) // _MICROSECOND for s in by_series]
+        columns = [list(c) for c in zip(*send, strict=True)] if send else [[] for _ in _COLS]
+        params = [*columns, *([s[i] for s in by_series] for i in range(3)), marks_us, len(send)]
+        return written, entries, {"remembered": remembered, "written": len(send)}, params
+
+    def _write(self, tx: _Tx, by_series: dict[Series, list[Bar]], span: dict, trusted: dict[Series, _Entry]):
+        """Write the bars of ``by_series`` in ``tx``; (rows written per series, memory entries to keep, bars per path)."""
+        series = list(by_series)
+        # the stored bars over the batch's range of each series not remembered, or reaching back past what is
+        # (at most a few more than the batch holds: a sparse batch over a long history is written instead)
+        reads = [s not in trusted or span[s][0] < trusted[s].oldest for s in series]
+        cap = {s: 2 * len(by_series[s]) + 16 for s in series}
+        tx.execute(SERIES_STATE_SQL, ([s[0] for s in series], [s[1] for s in series], [s[2] for s in series],
+                                      [span[s][0] if r else None for s, r in zip(series, reads, strict=True)],
+                                      [span[s][1] if r else None for s, r in zip(series, reads, strict=True)],
+                                      list(cap.values())))  # fmt: skip
+        marks: dict[Series, int | None] = {}
+        stored: dict[Series, dict[int, list[str]]] = {}
+        for ord_, mark, text in tx.cur.fetchall():
+            s = series[ord_ - 1]
+            marks[s] = mark
+            if text is not None:
+                lines = (line.split(" ") for line in text.split("\n"))
+                stored[s] = {int(fields[0]): fields[1:] for fields in lines}
+        fresh, changed, entries = [], [], {}
+        appended: Counter[Series] = Counter()
+        paths = Counter()
+        for s, batch in by_series.items():
+            mark_us = marks[s]
+            mark = None if mark_us is None else _EPOCH + mark_us * _MICROSECOND
+            if mark is None or span[s][0] > mark:  # all newer than what is stored: a pure append
+                fresh += batch
+                appended[s] = len(batch)
+                entries[s] = self.memory.entry(s, batch, None, span[s], mark, None)
+                continue
+            entry = trusted.get(s)
+            if entry is not None and entry.mark != mark:
+                entry = None  # someone else appended or deleted its newest bars: write them all
+            old = stored.get(s)
+            if old is not None and len(old) >= cap[s]:
+                old = None  # the range holds more than was read: write them all
+            fingerprints = [hash(b[3:]) for b in batch]
+            ordered = array("q", sorted(fingerprints))
+            remembered = entry.fingerprints if entry is not None else array("q")
+            hits = same = 0
+            if len(batch) == len(remembered) and remembered == ordered:
+                hits = len(batch)  # the identical re-load: every bar remembered
+            else:
+                known = set(remembered)
+                for b, f in zip(batch, fingerprints, strict=True):
+                    if b.ts > mark:
+                        fresh.append(b)
+                        appended[s] += 1
+                    elif f in known:
+                        hits += 1
+                    elif old is not None and old.get((b.ts - _EPOCH) // _MICROSECOND) == list(b[4:]):
+                        same += 1
+                    else:
+                        changed.append(b)
+            paths["remembered"] += hits
+            paths["compared"] += same
+            entries[s] = self.memory.entry(s, batch, ordered, span[s], mark, entry if hits else None)
+        written: Counter[Series] = Counter()
+        if fresh and len(fresh) + len(changed) > _INLINE_MAX:  # a bulk append: COPY it straight in
+            try:
+                tx.then("SAVEPOINT mp_append")
+                tx.copy("bars", fresh)
+                tx.then("RELEASE SAVEPOINT mp_append")
+                written.update(appended)
+                paths["appended"] += len(fresh)
+                fresh = []
+            except psycopg2.errors.UniqueViolation:
+                log.debug("append of %d bars raced another writer; writing them through ON CONFLICT", len(fresh))
+                tx.then("ROLLBACK TO SAVEPOINT mp_append")
+        changed += fresh  # a few new bars travel with the revised ones: one round trip for all
+        paths["written"] += len(changed)
+        if len(changed) > _INLINE_MAX:
+            tx.copy(_STAGE, changed)
+            tx.execute(_MERGE)
+            for p, s, i, n in tx.cur.fetchall():
                 written[(p, s, i)] += n
-        return written
+        elif changed:
+            tx.execute(_UPSERT, [list(column) for column in zip(*changed, strict=True)])
+            written.update(tx.cur.fetchall())
+        return written, entries, paths
 
 
 class SqlAlchemyBarLoader(BarLoader):
