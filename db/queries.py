@@ -25,7 +25,8 @@ WATERMARKS_SQL = (
 #: series: ``(ord, watermark_us, stored)``. ``ord`` is its 1-based position in the arrays; times are
 #: microseconds since the Unix epoch (exact, cheap to parse); ``stored`` is null when ``lo`` is, else
 #: its stored bars with ``lo <= ts <= hi`` (at most ``cap``, oldest first), one line each:
-#: ``ts_us open high low close volume`` (``numeric`` text), joined by newlines (null if none).
+#: ``ts_us open high low close volume`` (``numeric`` text; a NULL volume is left out), joined by
+#: newlines (null if none).
 #: Every read of ``bars`` is a primary-key probe or range scan, so its cost does not depend on the
 #: history stored or on statistics.
 SERIES_STATE_SQL = """

@@ -9,24 +9,26 @@ PostgreSQL path (raw psycopg2 connection; measured in benchmarks/load_bench.py a
 benchmarks/steady_bench.py). A running poller mostly re-fetches bars it already has (a
 compact Alpha Vantage reply re-sends ~100 bars, one or two of them new), so the path is
 built for that case, and nothing in it costs more as the history grows or depends on
-``ANALYZE`` having run:
+``ANALYZE`` having run: ``bars`` is only ever read by primary-key probes and range scans.
 
-1. One round trip (:data:`db.queries.SERIES_STATE_SQL`) reads each series' watermark (its
-   newest ``ts``) and, for each series the loader does not remember, its stored bars over the
-   batch's ``ts`` range, all by primary-key probes and range scans.
-2. Each bar is then placed: newer than its watermark, it is *appended*; committed before by this
-   loader with the same values (its :class:`SeriesMemory`, bounded, filled only after a commit;
-   read its docstring for what it assumes) or equal, as text, to the stored row just read, it is
-   *dropped*; otherwise it is *written*. A steady-state poll sends the database only its new
-   and revised bars.
-3. Appended bars cannot conflict: ``COPY`` them straight into ``bars`` (in a savepoint: if a
-   concurrent writer got there first, the unique violation rolls it back and they are written
-   instead).
-4. Bars to write go through ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the values differ (safe
-   against concurrent writers; a row found equal is not rewritten or counted): a few hundred in
-   one statement (:data:`_UPSERT`), more ``COPY``-ed into a temporary staging table first and
-   diffed against ``bars`` with primary-key range scans and ``EXCEPT`` (:data:`_MERGE`).
-5. The ledger credits and ``COMMIT`` travel in one round trip (:class:`_Tx`).
+- **Every series of the group remembered** (the steady state: see :class:`SeriesMemory`, bounded,
+  filled only after a commit; its docstring says what it assumes). Bars committed before with
+  the same values are dropped; the new and revised ones go in with one statement
+  (:data:`_REMEMBERED`) that also checks, in its own transaction, that each series' watermark
+  is the remembered one and that it changed exactly the rows expected. The ledger credits travel
+  with it: one round trip. If the check fails, nothing of it stays and the group takes the
+  general path.
+- **General path.** One round trip (:data:`db.queries.SERIES_STATE_SQL`) reads each series'
+  watermark (its newest ``ts``) and, for the series not remembered, its stored bars over the
+  batch's ``ts`` range. A bar newer than its watermark is *appended*; one remembered, or equal
+  as text to the stored row just read, is dropped; the rest are *written*. A bulk append is
+  ``COPY``-ed straight into ``bars`` (in a savepoint: if a concurrent writer got there first, the
+  unique violation rolls it back and those bars are written instead); a few appended bars travel
+  with the written ones. Written bars go through ``INSERT … ON CONFLICT … DO UPDATE … WHERE`` the
+  values differ (safe against concurrent writers; a row found equal is neither rewritten nor
+  counted): up to :data:`_INLINE_MAX` inline (:data:`_UPSERT`), more ``COPY``-ed into a temporary
+  staging table and diffed against ``bars`` with ``EXCEPT`` (:data:`_MERGE`). The ledger credits
+  and ``COMMIT`` travel in one round trip (:class:`_Tx`).
 
 Values travel as the provider's decimal text; duplicate keys are removed first (the
 last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``.
@@ -232,9 +234,11 @@ class _Kept:
 
     A pool checkout pings the server first (``pool_pre_ping``): a round trip per load, about a third
     of a steady-state load's. A connection used within :data:`KEEP_CONNECTION_SECONDS` is trusted
-    instead; if it died meanwhile, the load's first round trip (a read) fails and the load starts
-    again on a pinged one (:meth:`PostgresBarLoader._load_group`). An older one goes back to the
-    pool; so does the kept one when the loader is garbage-collected or the interpreter exits.
+    instead; if it died meanwhile (a server restart), the load's first round trip fails before any
+    statement ran, and the load starts again on a pinged one (:meth:`PostgresBarLoader._transaction`;
+    a connection lost *while* that first statement committed would be as ambiguous as any lost
+    ``COMMIT`` reply). An older one goes back to the pool; so does the kept one when the loader is
+    garbage-collected or the interpreter exits.
     """
 
     def __init__(self) -> None:
@@ -279,7 +283,7 @@ class _Entry(NamedTuple):
     mark: datetime  # the series' newest stored ts then (its watermark)
     oldest: datetime  # ts of the oldest bar remembered: older ones are read from the database
     fingerprints: array  # sorted ``hash(bar[3:])`` of its newest bars, as committed
-    uses: int  # loads answered from this entry since its series was last diffed in full (starts at its phase)
+    uses: int  # loads answered from this entry since its series was last compared with the database (from its phase)
 
 
 class SeriesMemory:
@@ -291,23 +295,23 @@ class SeriesMemory:
     database; a load that fails or rolls back forgets every series it touched. Thread-safe: when
     two loads of the same series overlap (two jobs of one process), each forgets the series at its end.
 
-    A bar counts as unchanged only when its fingerprint matches *and* the series' watermark read in
-    the load's transaction is the one this memory recorded: a mismatch (another writer appended
-    newer bars, the newest ones were deleted) distrusts the series, whose bars are then all
-    written (and found equal or not by the database). Text that differs but is numerically equal
-    (``1.5`` / ``1.50``) is merely sent and found equal there.
+    A bar counts as unchanged only when its fingerprint matches *and* the series' watermark, checked
+    in the load's own transaction, is the one this memory recorded: a mismatch (another writer
+    appended newer bars, the newest ones were deleted) distrusts the series, whose bars are then
+    compared with the database. Text that differs but is numerically equal (``1.5`` / ``1.50``)
+    is merely sent and found equal there.
 
     What it assumes: that nothing but this loader changes or deletes a stored bar *older than the
     series' newest* between two of its loads (another process re-writing the same series with
     other values, a hand-made ``UPDATE``/``DELETE``). Such a change is not undone at once by a poll
     that re-sends the old values, as a database diff would; it is repaired when the series is next
-    compared with the database, after at most ``verify_every`` loads of the series (a re-check reads
-    its stored bars in the load's first round trip, so it costs no extra round trip), and after every
-    restart. Acceptable because bars have one writer per (provider, series) in marketpoll's
-    deployments, a stale copy lives at most ``verify_every`` polls, and the memory never makes a
-    bar be skipped that this process did not itself see committed. A fingerprint collision (a
-    revised bar hashing like a remembered one: about 2^-64 per comparison, with Python's
-    per-process keyed string hash) would skip that revision until the next re-check.
+    compared with the database, after at most ``verify_every`` loads of the series (the re-check
+    reads its stored bars in the general path's first round trip), and after every restart.
+    Acceptable because bars have one writer per (provider, series) in marketpoll's deployments, a
+    stale copy lives at most ``verify_every`` polls, and the memory never makes a bar be skipped
+    that this process did not itself see committed. A fingerprint collision (a revised bar hashing
+    like a remembered one: about 2^-64 per comparison, with Python's per-process keyed string
+    hash) would skip that revision until the next re-check.
     """
 
     def __init__(
@@ -330,7 +334,7 @@ class SeriesMemory:
         return len(self._entries)
 
     def clear(self) -> None:
-        """Forget everything (the next load of every series is diffed in the database)."""
+        """Forget everything (the next load of every series is compared with the database)."""
         with self._lock:
             self._entries.clear()
 
@@ -582,13 +586,13 @@ class PostgresBarLoader(BarLoader):
                                       [span[s][1] if r else None for s, r in zip(series, reads, strict=True)],
                                       list(cap.values())))  # fmt: skip
         marks: dict[Series, int | None] = {}
-        stored: dict[Series, dict[int, list[str]]] = {}
+        stored: dict[Series, dict[int, tuple]] = {}
         for ord_, mark, text in tx.cur.fetchall():
             s = series[ord_ - 1]
             marks[s] = mark
-            if text is not None:
+            if text is not None:  # "ts_us open high low close [volume]" lines: a NULL volume is left out
                 lines = (line.split(" ") for line in text.split("\n"))
-                stored[s] = {int(fields[0]): fields[1:] for fields in lines}
+                stored[s] = {int(f[0]): (*f[1:], None) if len(f) == 5 else tuple(f[1:]) for f in lines}
         fresh, changed, entries = [], [], {}
         appended: Counter[Series] = Counter()
         paths = Counter()
@@ -620,7 +624,7 @@ class PostgresBarLoader(BarLoader):
                         appended[s] += 1
                     elif f in known:
                         hits += 1
-                    elif old is not None and old.get((b.ts - _EPOCH) // _MICROSECOND) == list(b[4:]):
+                    elif old is not None and old.get((b.ts - _EPOCH) // _MICROSECOND) == b[4:]:
                         same += 1
                     else:
                         changed.append(b)

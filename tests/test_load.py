@@ -557,3 +557,12 @@ def test_a_revision_another_writer_made_first_is_not_counted(pg_engine):
     with pg_engine.connect() as c:
         assert c.exec_driver_sql(f"SELECT rows_loaded, rows_fetched FROM etl_runs WHERE id = {run_id}").one() == (2, 42)
     assert len(rows(pg_engine)) == 22 and set(closes(pg_engine).values()) == {"10.5000", "10.7500"}
+
+
+def test_a_fresh_loader_finds_bars_without_volume_unchanged(pg_engine):
+    index = [b._replace(symbol="I:NDX", volume=None) for b in bars(10)]
+    PostgresBarLoader(pg_engine).load(index)
+    fresh = PostgresBarLoader(pg_engine)
+    assert fresh.load(index) == 0
+    assert sent(fresh, {}) == {"remembered": 0, "compared": 10, "appended": 0, "written": 0}
+    assert fresh.load(revise(index, 2, "10.6000")[:5]) == 1
