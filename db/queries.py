@@ -25,8 +25,8 @@ WATERMARKS_SQL = (
 #: series: ``(ord, watermark_us, stored)``. ``ord`` is its 1-based position in the arrays; times are
 #: microseconds since the Unix epoch (exact, cheap to parse); ``stored`` is null when ``lo`` is, else
 #: its stored bars with ``lo <= ts <= hi`` (at most ``cap``, oldest first), one line each:
-#: ``ts_us open high low close volume`` (``numeric`` text; a NULL volume is left out), joined by
-#: newlines (null if none).
+#: ``ts_us open high low close volume adj_close`` (``numeric`` text; a NULL is an empty field), joined
+#: by newlines (null if none).
 #: Every read of ``bars`` is a primary-key probe or range scan, so its cost does not depend on the
 #: history stored or on statistics.
 SERIES_STATE_SQL = """
@@ -34,7 +34,8 @@ SELECT k.ord,
        (SELECT (extract(epoch FROM max(b.ts)) * 1000000)::bigint FROM bars b
         WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval),
        (SELECT string_agg(r.line, E'\\n') FROM (
-            SELECT concat_ws(' ', (extract(epoch FROM b.ts) * 1000000)::bigint, b.open, b.high, b.low, b.close, b.volume) AS line
+            SELECT concat_ws(' ', (extract(epoch FROM b.ts) * 1000000)::bigint, b.open, b.high, b.low, b.close,
+                             coalesce(b.volume::text, ''), coalesce(b.adj_close::text, '')) AS line
             FROM bars b
             WHERE b.provider = k.provider AND b.symbol = k.symbol AND b.interval = k.interval AND b.ts BETWEEN k.lo AND k.hi
             ORDER BY b.ts

@@ -196,6 +196,10 @@ def _check(bar: Bar, limit: datetime | None) -> str | None:
     # one chained comparison accepts a plausible bar (NaN fails every comparison); the rest says why not
     if not (0.0 < fl <= fo <= fh < _INF and fl <= fc <= fh and 0.0 <= fv < _INF):
         return _reason(o, h, l, c, v, fo, fh, fl, fc, fv)
+    if bar[9] is not None:  # the adjusted close, when the provider sends one
+        reason = _adj_close_reason(bar[9])
+        if reason is not None:
+            return reason
     ts = bar.ts
     if ts.tzinfo is not UTC and (ts.tzinfo is None or ts.utcoffset() != timedelta(0)):
         return "timestamp is not UTC"
@@ -217,12 +221,23 @@ def _reason(o, h, l, c, v, fo, fh, fl, fc, fv) -> str:
     return f"inconsistent OHLC: low above min(open, close) {ohlc}"
 
 
+def _adj_close_reason(adj: object) -> str | None:
+    try:
+        if not adj.isascii() or "_" in adj:  # type: ignore[attr-defined]
+            return "non-numeric adjusted close"
+        fa = float(adj)  # type: ignore[arg-type]
+    except (TypeError, ValueError, AttributeError):
+        return "non-numeric adjusted close"
+    return None if 0.0 < fa < _INF else f"non-positive or non-finite adjusted close {_short(adj)}"  # type: ignore[arg-type]
+
+
 def _short(value: str) -> str:
     return value if len(value) <= 32 else value[:32] + "..."
 
 
 def _bar_excerpt(bar: Bar) -> str:
-    return excerpt(",".join([bar.ts.isoformat(), *("" if x is None else str(x) for x in bar[4:9])]))
+    values = bar[4:] if bar[9] is not None else bar[4:9]  # the adjusted close last, when there is one
+    return excerpt(",".join([bar.ts.isoformat(), *("" if x is None else str(x) for x in values)]))
 
 
 def validate_bars(
@@ -234,9 +249,10 @@ def validate_bars(
     provider's text: ``"10.0"`` and ``"10.00"`` differ) are kept once; copies that differ are a
     conflict and **every** copy is rejected (reason ``"conflict: ..."``), so no version wins.
 
-    A bar is then valid when its five values are ASCII decimal text of finite numbers, prices
-    (open, high, low, close) are > 0, ``high >= max(open, close, low)``, ``low <= min(open,
-    close)``, ``volume >= 0``, ``ts`` is UTC-aware and, when ``now`` (an aware datetime) is
+    A bar is then valid when its five values (and ``adj_close``, when not None) are ASCII decimal
+    text of finite numbers, prices (open, high, low, close, and ``adj_close``) are > 0,
+    ``high >= max(open, close, low)``, ``low <= min(open, close)``, ``volume >= 0``, ``ts`` is
+    UTC-aware and, when ``now`` (an aware datetime) is
     given, ``ts <= now + interval + skew_seconds`` (an unknown interval counts as 0 s). There
     is no lower bound: centuries-old daily bars are valid.
 
@@ -244,7 +260,8 @@ def validate_bars(
     ``"conflict: different values for one timestamp"``, ``"non-numeric value"``,
     ``"non-finite value"``, ``"negative volume <v>"``, ``"non-positive price (...)"``,
     ``"inconsistent OHLC: high below max(open, close, low) (...)"``,
-    ``"inconsistent OHLC: low above min(open, close) (...)"``, ``"timestamp is not UTC"``,
+    ``"inconsistent OHLC: low above min(open, close) (...)"``, ``"non-numeric adjusted close"``,
+    ``"non-positive or non-finite adjusted close <a>"``, ``"timestamp is not UTC"``,
     ``"in the future (...)"``.
 
     Returns ``(valid, rejected)``, each in input order (a key's valid bar at its first

@@ -26,7 +26,8 @@ def interval_seconds(interval: str) -> int:
 
 class Bar(NamedTuple):
     """One OHLCV bar (an immutable named tuple: cheap to build by the hundred thousand). The field
-    order is part of the contract: ``bar[:4]`` is the primary key and ``bar[:3]`` the series.
+    order is part of the contract: ``bar[:4]`` is the primary key, ``bar[:3]`` the series and
+    ``bar[4:]`` the stored values (``adj_close`` last, so providers without it leave it out).
 
     - ``ts``: the bar's *start*, a UTC-aware ``datetime``. Daily bars start at
       midnight of the trading date in the exchange's zone.
@@ -35,6 +36,9 @@ class Bar(NamedTuple):
       :func:`etl.transform.validate_bars`; the database stores them as ``numeric``
       so no binary-float rounding happens on the way.
     - ``interval``: one of :data:`INTERVALS`; ``provider``: the registry name.
+    - ``adj_close``: the close adjusted for splits and dividends, decimal text, when the provider
+      sends one (Alpha Vantage's ``TIME_SERIES_DAILY_ADJUSTED``, Yahoo's daily ``adjclose``);
+      None otherwise (stored as NULL). A revised value is an update like any other value.
     """
 
     provider: str
@@ -46,6 +50,7 @@ class Bar(NamedTuple):
     low: str
     close: str
     volume: str | None  # None: the market reports no volume (an index); stored as NULL
+    adj_close: str | None = None  # None: the provider sends no adjusted close; stored as NULL
 
 
 #: A ticker as marketpoll accepts it: letters, digits and ``. - : ^ = / _``, at most 32 characters

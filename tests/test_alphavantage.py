@@ -486,3 +486,109 @@ def test_proxy_from_the_environment_is_still_honoured(replay, monkeypatch):
     monkeypatch.delenv("no_proxy", raising=False)
     bars = make("http://alphavantage.invalid/query").fetch_bars("IBM", "5min").bars  # only the proxy can answer
     assert len(bars) == 100 and proxy.requests[0][1]["symbol"] == "IBM"
+
+
+# -- TIME_SERIES_DAILY_ADJUSTED (--adjusted) ---------------------------------------------------------
+
+ADJ_JSON, ADJ_CSV = "alphavantage/daily_adjusted_IBM.json", "alphavantage/daily_adjusted_IBM.csv"
+
+
+def test_adjusted_json_and_csv_carry_adj_close_dividends_and_splits():
+    from_json = parse_response(fixture(ADJ_JSON), symbol="IBM", interval="1day", adjusted=True)
+    from_csv = parse_response(fixture(ADJ_CSV), symbol="IBM", interval="1day", adjusted=True)
+    assert from_json.bars == from_csv.bars and from_json.actions == from_csv.actions
+    assert len(from_json.bars) == 30 and from_json.rejected == []
+    assert validate_bars(from_json.bars)[1] == []
+    by_day = {b.ts.astimezone(NY).date().isoformat(): b for b in from_json.bars}
+    assert by_day["2024-01-10"][4:] == ("160.1102", "160.4315", "160.0272", "160.3595", "3227979", "80.17975")
+    assert by_day["2024-01-31"].adj_close == "160.8915" and by_day["2024-01-31"].ts == datetime(2024, 1, 31, 5, tzinfo=UTC)
+    assert [(a.ex_date.isoformat(), a.kind, a.ratio, a.amount) for a in from_json.actions] == [
+        ("2024-01-10", "dividend", None, "1.6600"),
+        ("2024-01-22", "split", "2", None),
+    ]
+    plain = parse_response(fixture("alphavantage/daily_MSFT.json"), symbol="MSFT", interval="1day")
+    assert {b.adj_close for b in plain.bars} == {None} and plain.actions == []
+
+
+def test_adjusted_real_recordings():
+    compact = parse_response(real("alphavantage_daily_adjusted_IBM_compact_2026-05-15.csv"), symbol="IBM", interval="1day",
+                             adjusted=True)  # fmt: skip
+    assert len(compact.bars) == 100 and compact.rejected == [] and validate_bars(compact.bars)[1] == []
+    by_day = {b.ts.astimezone(NY).date().isoformat(): b for b in compact.bars}
+    assert by_day["2026-02-10"][7:] == ("291.76", "3837343", "289.62962886152513")  # close, volume, adjusted close
+    assert [(a.ex_date.isoformat(), a.kind, a.amount) for a in compact.actions] == [
+        ("2026-02-10", "dividend", "1.6800"),
+        ("2026-05-08", "dividend", "1.6900"),
+    ]
+    full = parse_response(real("alphavantage_daily_adjusted_IBM_full_1999-2020.csv"), symbol="IBM", interval="1day",
+                          adjusted=True)  # fmt: skip
+    assert len(full.bars) == 5309 and full.rejected == []
+    assert full.bars[0].ts == datetime(1999, 11, 1, 5, tzinfo=UTC) and full.bars[0].adj_close == "61.5351215744"
+    assert {a.kind for a in full.actions} == {"dividend"} and len(full.actions) == 85  # no split since 1999-11
+
+
+def test_adjusted_without_a_premium_plan_names_the_flag(replay):
+    srv = replay([ok(fixture("alphavantage/information_premium.json"))])
+    with make(srv.url, adjusted=True) as p, pytest.raises(PremiumRequired) as info:
+        p.fetch_bars("IBM", "1day")
+    assert "--adjusted" in str(info.value) and "TIME_SERIES_DAILY_ADJUSTED" in str(info.value)
+    assert info.value.transient is False and len(srv.requests) == 1
+    assert srv.requests[0][1]["function"] == "TIME_SERIES_DAILY_ADJUSTED"
+
+
+def test_adjusted_is_for_daily_bars_only():
+    import cli
+    from errors import ConfigError
+
+    with make("http://127.0.0.1:9/query", adjusted=True) as p, pytest.raises(ConfigError, match="daily bars"):
+        p.fetch_bars("IBM", "5min")
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--continuous-poll", "--symbols", "IBM", "--adjusted", "--interval", "5min"])
+    assert info.value.code == 2
+    args = cli.parse_args(["--continuous-poll", "--symbols", "IBM", "--adjusted", "--interval", "daily"])
+    assert cli.provider_options(args) == {"adjusted": True}
+
+
+def test_adjusted_close_loads_a_revision_is_an_update_and_an_unchanged_one_no_write(engine, replay):
+    from clock import ManualClock
+    from db import RunLedger
+    from etl.load import make_loader
+    from etl.pipeline import EtlPipeline
+
+    body = {"json": json.loads(fixture(ADJ_JSON))}
+
+    def route(_path, q):
+        if q["function"] == "TIME_SERIES_DAILY":
+            return ok(fixture("alphavantage/daily_MSFT.json"))
+        return ok(json.dumps(body["json"]).encode())
+
+    srv = replay(route)
+    clock = ManualClock(datetime(2024, 2, 5, tzinfo=UTC))
+
+    def cycle(provider, symbol):
+        pipeline = EtlPipeline(provider, make_loader(engine), RunLedger(engine), clock=clock)
+        return pipeline.run_cycle([symbol], "1day", job_name="t").rows_loaded
+
+    def stored(symbol):
+        with engine.connect() as c:
+            rows = c.exec_driver_sql(f"SELECT ts, adj_close FROM bars WHERE symbol = '{symbol}' ORDER BY ts").all()  # noqa: S608
+        return [(ts if isinstance(ts, datetime) else datetime.fromisoformat(ts), a) for ts, a in rows]
+
+    with make(srv.url, adjusted=True) as adjusted:
+        pipeline = EtlPipeline(adjusted, make_loader(engine), RunLedger(engine), clock=clock)
+        assert pipeline.run_cycle(["IBM"], "1day", job_name="t").rows_loaded == 30
+        assert pipeline.run_cycle(["IBM"], "1day", job_name="t").rows_loaded == 0  # unchanged: no write
+        body["json"]["Time Series (Daily)"]["2024-01-30"]["5. adjusted close"] = "160.11"  # a revision
+        assert pipeline.run_cycle(["IBM"], "1day", job_name="t").rows_loaded == 1
+        assert cycle(adjusted, "IBM") == 0  # a fresh loader compares with the database: nothing to write
+    rows = stored("IBM")
+    assert len(rows) == 30 and {str(a) for _, a in rows if a is not None} >= {"160.11", "80.17975", "160.8915"}
+    with engine.connect() as c:
+        actions = c.exec_driver_sql("SELECT ex_date, kind, ratio, amount FROM corporate_actions ORDER BY ex_date").all()
+    assert [(str(d), k, r and float(r), a and float(a)) for d, k, r, a in actions] == [
+        ("2024-01-10", "dividend", None, 1.66),
+        ("2024-01-22", "split", 2.0, None),
+    ]
+    with make(srv.url) as plain:  # TIME_SERIES_DAILY: no adjusted close, stored as NULL
+        assert cycle(plain, "MSFT") == 100
+    assert {a for _, a in stored("MSFT")} == {None}

@@ -25,9 +25,9 @@ from etl.providers.coinbase import (
     MALFORMED_RECORD,
     OFF_GRID,
     CoinbaseProvider,
-    number_text,
     parse_candles,
 )
+from etl.providers.wire import number_text
 from etl.retry import RetryPolicy
 from etl.transform import validate_bars
 from settings import Settings
@@ -243,7 +243,7 @@ def test_number_text_is_the_shortest_round_trip_without_exponent():
     assert [number_text(v) for v in (8131, 8131.69, 6106.1, 5e-07, 1.12117471e08, 1e16, 0.1, 13902.22947445)] == [
         "8131", "8131.69", "6106.1", "0.0000005", "112117471", "10000000000000000", "0.1", "13902.22947445"]  # fmt: skip
     assert [number_text(v) for v in (True, None, float("nan"), float("inf"), [1])] == [None] * 5
-    assert number_text("8131.690") == "8131.690"  # a string is kept as the API sent it
+    assert number_text("8131.690", strings=True) == "8131.690" and number_text("8131.690") is None  # kept when allowed
 
 
 def test_fields_are_read_in_coinbase_s_order_low_high_open_close():
@@ -269,7 +269,7 @@ def test_records_that_cannot_become_bars_are_rejected_with_reasons():
     assert [b.ts for b in page.bars] == [datetime(2024, 5, 6, 0, 1, tzinfo=UTC)]
     assert [(r.key, r.reason) for r in page.rejected] == [
         ("1714953720", MALFORMED_RECORD), ("", MALFORMED_RECORD), ("1714953780", BAD_VALUE), ("1714953840", BAD_TIMESTAMP),
-        ("1714953870", OFF_GRID), ("1714953900", BAD_VALUE), ("1714953960", BAD_VALUE), ("1e+30", BAD_TIMESTAMP),
+        ("1714953870", OFF_GRID), ("1714953900", BAD_VALUE), ("1714953960", BAD_VALUE), ("1E+30", BAD_TIMESTAMP),
     ]  # fmt: skip
     assert page.rejected[0].excerpt == "[1714953720,1,2,1,2]" and all(len(r.excerpt) <= 200 for r in page.rejected)
 

@@ -13,7 +13,7 @@ from scheduler.strategies import STRATEGIES, ContinuousStrategy, strategy_class
 
 def test_builtin_entries():
     # every module of etl/providers registers itself (tests may add their own, e.g. fakex, from tests/)
-    modules = {m.name for m in pkgutil.iter_modules(etl.providers.__path__)} - {"base", "registry"}
+    modules = {m.name for m in pkgutil.iter_modules(etl.providers.__path__)} - etl.providers.SUPPORT_MODULES
     builtin = [n for n in provider_names() if get_provider_class(n).__module__.startswith("etl.providers.")]
     assert {get_provider_class(n).__module__.rsplit(".", 1)[-1] for n in builtin} == modules
     assert {"alphavantage", "demo"} <= set(provider_names()) and provider_names() == sorted(provider_names())

@@ -298,6 +298,7 @@ def test_real_daily_recording_is_normalised_to_new_york_midnight():
     assert page.bars[-1].ts == utc("2020-11-06T05:00:00")  # stamped 14:30Z (EST open): 00:00 EST
     first = by_day[date(2020, 8, 31)]
     assert (first.open, first.high, first.low, first.close, first.volume) == ("127.58", "131", "126", "129.04", "225702700")
+    assert first.adj_close == "125.82674"  # indicators.adjclose (splits and dividends), float32 artefact trimmed
 
 
 def test_real_daily_recording_events_become_actions():
@@ -312,7 +313,7 @@ def test_real_crypto_daily_recording_is_utc_midnight():
     first = page.bars[0]
     assert (first.open, first.high, first.low, first.close, first.volume) == ("7194.892", "7254.3306", "7174.9443",
                                                                              "7200.1743", "18565664997")  # fmt: skip
-    assert page.actions == [] and page.rejected == []
+    assert first.adj_close == "7200.1743" and page.actions == [] and page.rejected == []
 
 
 # -- the wire format, on our fixtures ----------------------------------------------------------------------
@@ -500,12 +501,12 @@ def test_cli_polls_yahoo_daily_into_postgres(tmp_path, replay, pg_engine, pg_url
     assert "NOSUCHSYM" in r.stderr and "No data found, symbol may be delisted" in r.stderr
     with pg_engine.connect() as c:
         got = c.exec_driver_sql("SELECT provider, symbol, interval, count(*), min(ts), max(ts) FROM bars GROUP BY 1, 2, 3").all()
-        first = c.exec_driver_sql("SELECT open::text, high::text, low::text, close::text, volume::text FROM bars "
-                                  "ORDER BY ts LIMIT 1").one()  # fmt: skip
+        first = c.exec_driver_sql("SELECT open::text, high::text, low::text, close::text, volume::text, adj_close::text "
+                                  "FROM bars ORDER BY ts LIMIT 1").one()  # fmt: skip
         actions = c.exec_driver_sql("SELECT ex_date, kind, ratio::text, amount::text FROM corporate_actions "
                                     "WHERE provider = 'yahoo' AND symbol = 'AAPL' ORDER BY ex_date").all()  # fmt: skip
     assert got == [("yahoo", "AAPL", "1day", 49, utc("2020-08-31T04:00:00"), utc("2020-11-06T05:00:00"))]
-    assert tuple(first) == ("127.58", "131", "126", "129.04", "225702700")
+    assert tuple(first) == ("127.58", "131", "126", "129.04", "225702700", "125.82674")
     assert [tuple(a) for a in actions] == [
         (date(2020, 8, 31), "split", "4", None),
         (date(2020, 11, 6), "dividend", None, "0.205"),

@@ -1,4 +1,4 @@
-"""Alpha Vantage: TIME_SERIES_INTRADAY and TIME_SERIES_DAILY, JSON and CSV.
+"""Alpha Vantage: TIME_SERIES_INTRADAY, TIME_SERIES_DAILY and TIME_SERIES_DAILY_ADJUSTED, JSON and CSV.
 
 Wire format (https://www.alphavantage.co/documentation/, checked against the real
 recordings listed in shared/data/real/PROVENANCE.md):
@@ -9,6 +9,16 @@ recordings listed in shared/data/real/PROVENANCE.md):
   (daily: ``"Time Series (Daily)"`` keyed by date, zone key ``"5. Time Zone"``).
 - CSV (``datatype=csv``): header ``timestamp,open,high,low,close,volume``, newest
   first, no zone (US/Eastern, as in JSON); CRLF or LF line endings.
+- Adjusted daily series (``TIME_SERIES_DAILY_ADJUSTED``, ``adjusted=true``, ``--adjusted``): JSON
+  records ``"1. open"`` ... ``"4. close"``, ``"5. adjusted close"``, ``"6. volume"``,
+  ``"7. dividend amount"``, ``"8. split coefficient"``; CSV header
+  ``timestamp,open,high,low,close,adjusted_close,volume,dividend_amount,split_coefficient``.
+  OHLC and volume are raw (as traded, as in ``TIME_SERIES_DAILY``); the adjusted close (splits
+  and dividends) goes to ``Bar.adj_close``; a dividend amount other than 0 and a split
+  coefficient other than 1 become :class:`~models.action.CorporateAction` records (ex-date = the
+  row's date). Alpha Vantage lists it as a **premium** function: a free key gets HTTP 200
+  ``{"Information": "Thank you for using Alpha Vantage! This is a premium endpoint ..."}``,
+  raised as :class:`~errors.PremiumRequired` naming ``--adjusted``.
 - Errors come back as HTTP 200 with a one-key JSON object, also for ``datatype=csv``:
   ``"Note"`` or ``"Information"`` is throttling (:class:`~errors.RateLimited`;
   :class:`~errors.QuotaExhausted` when it names a daily limit;
@@ -41,6 +51,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 from errors import ConfigError, InvalidSymbol, PayloadError, PremiumRequired, QuotaExhausted, RateLimited
 from etl.http import Response
@@ -57,6 +68,7 @@ from etl.transform import (
     excerpt,
     zone,
 )
+from models.action import CorporateAction
 from models.bar import Bar, interval_seconds
 
 __all__ = [
@@ -82,12 +94,24 @@ AV_INTERVALS: dict[str, str | None] = {
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 _BOM = b"\xef\xbb\xbf"
 _FIELDS = ("1. open", "2. high", "3. low", "4. close", "5. volume")
+#: TIME_SERIES_DAILY_ADJUSTED's fields, in the order the parser uses: the five of a Bar, then
+#: adjusted close, dividend amount, split coefficient.
+_ADJ_FIELDS = ("1. open", "2. high", "3. low", "4. close", "6. volume", "5. adjusted close", "7. dividend amount",
+               "8. split coefficient")  # fmt: skip
+_CSV_HEADER = ["open", "high", "low", "close", "volume"]
+_CSV_ADJ_HEADER = ["open", "high", "low", "close", "adjusted_close", "volume", "dividend_amount", "split_coefficient"]
+_CSV_ADJ_ORDER = (1, 2, 3, 4, 6, 5, 7, 8)  # CSV columns in _ADJ_FIELDS order
+ADJUSTED_FUNCTION = "TIME_SERIES_DAILY_ADJUSTED"
 DEFAULT_ZONE = "US/Eastern"
+#: How far back an intraday ``outputsize=full`` reply (no ``month``) reaches: Alpha Vantage documents
+#: the trailing 30 days; a day less, for safety.
+INTRADAY_FULL_REACH = timedelta(days=29)
 #: Rejection reasons of the parser (besides the local-time ones of :mod:`etl.transform`).
 MISSING_FIELD = "missing field"
 BAD_TIMESTAMP = "bad timestamp"
 REPEATED_KEY = "conflict: timestamp key repeated with different values"
 REPEATED_FIELD = "conflict: field repeated with different values"
+BAD_ACTION = "bad corporate action: dividend amount or split coefficient is not a number"
 
 
 @dataclass(frozen=True)
@@ -102,6 +126,7 @@ class AlphaVantageConfig(ProviderConfig):
     extended_hours: bool = True  # include pre-market and after-hours bars (intraday)
     month: str | None = None  # YYYY-MM: one historical month (intraday)
     bar_label: str = "start"  # do intraday timestamps label the bar start or end?
+    adjusted: bool = False  # daily: TIME_SERIES_DAILY_ADJUSTED (premium): adj_close, dividends, splits
 
     def __post_init__(self) -> None:
         if self.outputsize not in ("compact", "full"):
@@ -162,8 +187,10 @@ def parse_response(
     provider: str = "alphavantage",
     bar_label: str = "start",
     url: str | None = None,
+    adjusted: bool = False,
 ) -> FetchResult:
-    """Parse a TIME_SERIES_INTRADAY / TIME_SERIES_DAILY body (JSON or CSV, detected from the content).
+    """Parse a TIME_SERIES_INTRADAY / TIME_SERIES_DAILY body (JSON or CSV, detected from the content),
+    or with ``adjusted`` a TIME_SERIES_DAILY_ADJUSTED one (bars with ``adj_close``, and ``actions``).
 
     Returns the bars oldest first with UTC bar starts (not yet validated: see
     :func:`etl.transform.validate_bars`), and in ``rejected`` every record that could not become
@@ -181,7 +208,9 @@ def parse_response(
       occurs more than once with different records; every copy is rejected (identical copies
       make one bar). CSV rows repeating a timestamp become bars and meet the same rule in
       :func:`~etl.transform.validate_bars`;
-    - ``"conflict: field repeated with different values"``: a JSON record naming a field twice.
+    - ``"conflict: field repeated with different values"``: a JSON record naming a field twice;
+    - ``"bad corporate action ..."`` (adjusted): a dividend amount or split coefficient that is not a
+      number (the bar itself is kept).
 
     Raises the typed error for an error body, and :class:`~errors.PayloadError` (terminal, with
     ``provider``, ``symbol`` and ``url``) for anything that is not the documented format,
@@ -210,17 +239,20 @@ def parse_response(
         err = classify_error(obj, provider=provider, symbol=symbol, url=url)
         if err is not None:
             raise err
-        return _parse_json(obj, repeated, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
+        return _parse_json(obj, repeated, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx,
+                           adjusted=adjusted)  # fmt: skip
     if not stripped:
         raise PayloadError(f"{provider}: empty body for {symbol}", **ctx)
-    return _parse_csv(text, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx)
+    return _parse_csv(text, symbol=symbol, interval=interval, provider=provider, bar_label=bar_label, ctx=ctx,
+                      adjusted=adjusted)  # fmt: skip
 
 
 def _shift(interval: str, bar_label: str) -> timedelta:
     return -timedelta(seconds=interval_seconds(interval)) if bar_label == "end" else timedelta(0)
 
 
-def _parse_json(obj: dict, repeated: list[tuple[dict, list]], *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
+def _parse_json(obj: dict, repeated: list[tuple[dict, list]], *, symbol, interval, provider, bar_label, ctx,
+                adjusted=False) -> FetchResult:  # fmt: skip
     meta = obj.get("Meta Data")
     series_keys = [k for k in obj if k.startswith("Time Series")]
     if not isinstance(meta, dict) or len(series_keys) != 1 or not isinstance(obj[series_keys[0]], dict):
@@ -251,14 +283,11 @@ def _parse_json(obj: dict, repeated: list[tuple[dict, list]], *, symbol, interva
         tz = zone(zone_name)
     except Exception:
         raise PayloadError(f"{provider}: unknown time zone {zone_name!r} for {symbol}", **ctx) from None
-    try:  # every record an object with the five fields: itemgetter is C-fast
-        rows = [(key, _PICK(rec), rec) for key, rec in series.items()]
+    names, pick = (_ADJ_FIELDS, _PICK_ADJ) if adjusted else (_FIELDS, _PICK)
+    try:  # every record an object with every field: itemgetter is C-fast
+        rows = [(key, pick(rec), rec) for key, rec in series.items()]
     except (KeyError, TypeError, IndexError):
-        f1, f2, f3, f4, f5 = _FIELDS
-        rows = [
-            (key, (rec.get(f1), rec.get(f2), rec.get(f3), rec.get(f4), rec.get(f5)) if isinstance(rec, dict) else None, rec)
-            for key, rec in series.items()
-        ]
+        rows = [(key, tuple(rec.get(f) for f in names) if isinstance(rec, dict) else None, rec) for key, rec in series.items()]
     early: list[Rejection] = []
     if conflicts or bad_records:
         keep = []
@@ -271,9 +300,8 @@ def _parse_json(obj: dict, repeated: list[tuple[dict, list]], *, symbol, interva
             else:
                 keep.append(row)
         rows = keep
-    result = _build(
-        rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label), render=_json_excerpt
-    )
+    result = _build(rows, symbol=symbol, interval=interval, provider=provider, tz=tz, shift=_shift(interval, bar_label),
+                    render=_json_excerpt, width=len(names))  # fmt: skip
     result.rejected[:0] = early
     return result
 
@@ -294,17 +322,19 @@ def _csv_excerpt(_key: str, rec: list[str]) -> str:
     return excerpt(",".join(rec))
 
 
-def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> FetchResult:
+def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx, adjusted=False) -> FetchResult:
     reader = csv.reader(io.StringIO(text))
     rows = []
+    expected, order = (_CSV_ADJ_HEADER, _CSV_ADJ_ORDER) if adjusted else (_CSV_HEADER, range(1, 6))
+    width = len(expected)
     try:
         header = [h.strip().lower() for h in next(reader, [])]
-        if header[:1] not in (["timestamp"], ["time"]) or header[1:6] != ["open", "high", "low", "close", "volume"]:
-            raise PayloadError(f"{provider}: unexpected CSV header {header[:6]} for {symbol}", **ctx)
+        if header[:1] not in (["timestamp"], ["time"]) or header[1 : width + 1] != expected:
+            raise PayloadError(f"{provider}: unexpected CSV header {header[: width + 1]} for {symbol}", **ctx)
         for rec in reader:
             if not rec:
                 continue
-            rows.append((rec[0], tuple(map(str.strip, rec[1:6])) if len(rec) >= 6 else None, rec))
+            rows.append((rec[0], tuple(rec[i].strip() for i in order) if len(rec) > width else None, rec))
     except csv.Error as exc:  # e.g. a bare carriage return inside a line
         raise PayloadError(f"{provider}: malformed CSV for {symbol}: {exc}", **ctx) from None
     return _build(
@@ -315,17 +345,21 @@ def _parse_csv(text: str, *, symbol, interval, provider, bar_label, ctx) -> Fetc
         tz=zone(DEFAULT_ZONE),
         shift=_shift(interval, bar_label),
         render=_csv_excerpt,
+        width=width,
     )
 
 
-def _build(rows, *, symbol, interval, provider, tz, shift, render) -> FetchResult:
-    """Bars from ``(raw timestamp, 5 values or None, raw record)`` rows; ``render(key, raw)`` makes excerpts."""
+def _build(rows, *, symbol, interval, provider, tz, shift, render, width=5) -> FetchResult:
+    """Bars from ``(raw timestamp, values or None, raw record)`` rows; ``render(key, raw)`` makes excerpts.
+
+    ``values``: the five of a Bar (``width`` 5), or those plus adjusted close, dividend amount and split
+    coefficient (``width`` 8, the adjusted series: ``adj_close`` and corporate actions)."""
     result = FetchResult(symbol)
     bars, rejected = result.bars, result.rejected
     daily = interval == "1day"
     to_utc = LocalToUtc(tz, shift)
     for key, values, raw in rows:
-        if values is None or len(values) != 5 or not all(values):
+        if values is None or len(values) != width or not all(values):
             rejected.append(Rejection(symbol, str(key), MISSING_FIELD, render(key, raw)))
             continue
         try:
@@ -340,13 +374,37 @@ def _build(rows, *, symbol, interval, provider, tz, shift, render) -> FetchResul
             rejected.append(Rejection(symbol, str(key), BAD_TIMESTAMP, render(key, raw)))
             continue
         # values are validated later (validate_bars): non-strings are rejected there
-        bars.append(_new_tuple(Bar, (provider, symbol, interval, ts, *values)))  # Bar(...) without its Python __new__
+        if width == 5:
+            bars.append(_new_tuple(Bar, (provider, symbol, interval, ts, *values, None)))  # Bar(...) without its __new__
+            continue
+        bars.append(_new_tuple(Bar, (provider, symbol, interval, ts, *values[:6])))
+        try:
+            result.actions.extend(_actions(provider, symbol, date.fromisoformat(key[:10]), values[6], values[7]))
+        except (InvalidOperation, TypeError, ValueError):
+            rejected.append(Rejection(symbol, str(key), BAD_ACTION, render(key, raw)))
     bars.sort(key=_TS)
+    result.actions.sort(key=_EX_DATE)  # oldest first, like the bars
     return result
 
 
+def _actions(provider: str, symbol: str, ex_date: date, dividend: str, split: str) -> list[CorporateAction]:
+    """The corporate actions of one adjusted row: a dividend amount other than 0, a split coefficient other
+    than 1 (new shares per old share). Raises InvalidOperation/TypeError when either is not a number."""
+    out = []
+    amount, ratio = Decimal(dividend), Decimal(split)
+    if not (amount.is_finite() and ratio.is_finite()) or amount < 0 or ratio <= 0:
+        raise InvalidOperation(f"dividend {dividend!r}, split {split!r}")
+    if amount != 0:
+        out.append(CorporateAction(provider, symbol, ex_date, "dividend", amount=dividend))
+    if ratio != 1:
+        out.append(CorporateAction(provider, symbol, ex_date, "split", ratio=format(ratio.normalize(), "f")))
+    return out
+
+
 _TS = operator.attrgetter("ts")
+_EX_DATE = operator.attrgetter("ex_date", "kind")
 _PICK = operator.itemgetter(*_FIELDS)
+_PICK_ADJ = operator.itemgetter(*_ADJ_FIELDS)
 _new_tuple = tuple.__new__
 
 
@@ -356,6 +414,10 @@ class AlphaVantageProvider(Provider):
 
     History windows: intraday, one ``month=YYYY-MM`` request (``outputsize=full``) per calendar
     month the window touches; daily, one ``outputsize=full`` request (20+ years).
+
+    ``adjusted`` (``--adjusted``, ``ALPHA_VANTAGE_ADJUSTED``; daily bars only, a premium function):
+    ``TIME_SERIES_DAILY_ADJUSTED`` instead of ``TIME_SERIES_DAILY``, filling ``adj_close`` and
+    reporting dividends and splits as corporate actions.
     """
 
     name = "alphavantage"
@@ -376,7 +438,8 @@ class AlphaVantageProvider(Provider):
         outputsize = outputsize or cfg.outputsize
         av_interval = AV_INTERVALS[interval]
         if av_interval is None:
-            p = {"function": "TIME_SERIES_DAILY", "symbol": symbol, "outputsize": outputsize}
+            function = ADJUSTED_FUNCTION if cfg.adjusted else "TIME_SERIES_DAILY"
+            p = {"function": function, "symbol": symbol, "outputsize": outputsize}
         else:
             p = {
                 "function": "TIME_SERIES_INTRADAY",
@@ -390,6 +453,14 @@ class AlphaVantageProvider(Provider):
         p["datatype"] = cfg.datatype
         p["apikey"] = cfg.api_key or ""
         return p
+
+    def check_interval(self, interval: str) -> str:
+        """As the base class; also a ConfigError for ``adjusted`` with intraday bars (the adjusted series is daily)."""
+        spelling = super().check_interval(interval)
+        if self.config.adjusted and AV_INTERVALS[interval] is not None:
+            raise ConfigError(f"--adjusted (ALPHA_VANTAGE_ADJUSTED) is for daily bars ({ADJUSTED_FUNCTION}), not {interval}",
+                              name="adjusted", value=interval)  # fmt: skip
+        return spelling
 
     def latest_request(self, symbol: str, interval: str, since: datetime | None) -> Request:
         return Request(self.base_url, self.params(symbol, interval), symbol=symbol, interval=interval)
@@ -405,6 +476,13 @@ class AlphaVantageProvider(Provider):
         log.info("%s: gap since %s; backfilling with outputsize=full", request.symbol, since.isoformat())
         return Request(self.base_url, self.params(request.symbol, request.interval, outputsize="full"),
                        symbol=request.symbol, interval=request.interval)  # fmt: skip
+
+    def latest_reach(self, interval: str) -> timedelta | None:
+        """Compact, then :meth:`followup`'s ``outputsize=full``: intraday, the trailing 30 days (less a
+        day's margin); daily, 20+ years (None); a fixed ``month`` is not polling (None)."""
+        if self.config.month is not None or AV_INTERVALS[interval] is None:
+            return None
+        return INTRADAY_FULL_REACH
 
     def range_requests(self, symbol: str, interval: str, start: datetime, end: datetime) -> Iterator[Request]:
         if AV_INTERVALS[interval] is None:
@@ -424,6 +502,15 @@ class AlphaVantageProvider(Provider):
                           interval=interval, window=window)  # fmt: skip
 
     def parse(self, reply: Response, request: Request) -> Page:
-        result = parse_response(reply.body, symbol=request.symbol, interval=request.interval, provider=self.name,
-                                bar_label=self.config.bar_label, url=reply.url)  # fmt: skip
-        return Page(result.bars, result.rejected, no_data=not result.bars and not result.rejected)
+        adjusted = request.params.get("function") == ADJUSTED_FUNCTION
+        try:
+            result = parse_response(reply.body, symbol=request.symbol, interval=request.interval, provider=self.name,
+                                    bar_label=self.config.bar_label, url=reply.url, adjusted=adjusted)  # fmt: skip
+        except PremiumRequired as exc:
+            if not adjusted:
+                raise
+            raise PremiumRequired(f"{self.name}: {ADJUSTED_FUNCTION} (--adjusted, ALPHA_VANTAGE_ADJUSTED) is a premium "
+                                  f"function and this key's plan lacks it; without --adjusted marketpoll polls "
+                                  f"TIME_SERIES_DAILY (no adjusted close) ({exc})", provider=self.name,
+                                  symbol=request.symbol, url=reply.url) from None  # fmt: skip
+        return Page(result.bars, result.rejected, no_data=not result.bars and not result.rejected, actions=result.actions)

@@ -32,13 +32,14 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from errors import ConfigError, HTTPError, InvalidSymbol, MarketpollError, PayloadError, RateLimited
 from etl.http import Response, parse_retry_after
 from etl.providers.base import Page, Provider, ProviderConfig, Request
 from etl.providers.registry import register
+from etl.providers.wire import epoch_ms, number_text, record_excerpt, utc_from_ms
 from etl.transform import Rejection, excerpt
 from models.bar import Bar, interval_seconds
 
@@ -49,7 +50,6 @@ BINANCE_INTERVALS = {"1min": "1m", "5min": "5m", "15min": "15m", "30min": "30m",
 KLINES_PATH = "/api/v3/klines"
 #: Most klines one request may ask for (``limit``).
 MAX_LIMIT = 1000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,16})")
 
 #: Rejection reasons of the parser.
@@ -71,25 +71,6 @@ class BinanceConfig(ProviderConfig):
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_LIMIT:
             raise ConfigError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {self.limit!r}", name="limit",
                               value=self.limit)  # fmt: skip
-
-
-def _ms(ts: datetime) -> int:
-    return (ts - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _text(value: object) -> str | None:
-    """A kline value as decimal text: strings verbatim; JSON numbers (parsed as Decimal/int) without exponent."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
-def _record_excerpt(rec: object) -> str:
-    return excerpt(json.dumps(rec, separators=(",", ":"), default=str))
 
 
 def parse_klines(body: bytes, *, symbol: str, interval: str, provider: str = "binance", url: str | None = None) -> Page:
@@ -125,26 +106,26 @@ def parse_klines(body: bytes, *, symbol: str, interval: str, provider: str = "bi
     for rec in obj:
         if not isinstance(rec, list) or len(rec) < 7:
             raw = rec[0] if isinstance(rec, list) and rec else rec
-            page.rejected.append(Rejection(symbol, str(raw), MALFORMED_RECORD, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(raw), MALFORMED_RECORD, record_excerpt(rec)))
             continue
         open_ms, close_ms = rec[0], rec[6]
         if isinstance(open_ms, bool) or not isinstance(open_ms, int):
-            page.rejected.append(Rejection(symbol, str(open_ms), BAD_TIMESTAMP, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(open_ms), BAD_TIMESTAMP, record_excerpt(rec)))
             continue
         try:
-            ts = _EPOCH + timedelta(milliseconds=open_ms)
+            ts = utc_from_ms(open_ms)
         except OverflowError:
-            page.rejected.append(Rejection(symbol, str(open_ms), BAD_TIMESTAMP, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(open_ms), BAD_TIMESTAMP, record_excerpt(rec)))
             continue
         if open_ms % step_ms:
-            page.rejected.append(Rejection(symbol, str(open_ms), OFF_GRID, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(open_ms), OFF_GRID, record_excerpt(rec)))
             continue
         if isinstance(close_ms, bool) or close_ms != open_ms + step_ms - 1:
-            page.rejected.append(Rejection(symbol, str(open_ms), CLOSE_MISMATCH, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(open_ms), CLOSE_MISMATCH, record_excerpt(rec)))
             continue
-        values = [_text(v) for v in rec[1:6]]
+        values = [number_text(v, strings=True) for v in rec[1:6]]  # strings verbatim, numbers without exponent
         if not all(values):
-            page.rejected.append(Rejection(symbol, str(open_ms), MISSING_FIELD, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(open_ms), MISSING_FIELD, record_excerpt(rec)))
             continue
         page.bars.append(Bar(provider, symbol, interval, ts, *values))  # type: ignore[arg-type]
     return page
@@ -209,18 +190,23 @@ class BinanceProvider(Provider):
         return f"{self.base_url}{KLINES_PATH}"
 
     def latest_request(self, symbol: str, interval: str, since: datetime | None) -> Request:
-        start_ms = None if since is None else max(0, _ms(since))
+        start_ms = None if since is None else max(0, epoch_ms(since))
         return Request(self.klines_url, self.params(symbol, interval, start_ms=start_ms), symbol=symbol, interval=interval)
+
+    def latest_reach(self, interval: str) -> timedelta:
+        """One page of ``limit`` klines: the latest request follows full pages from the watermark, but each
+        page is a request of the symbol's retry budget, so a longer hole is fetched as windows first."""
+        return self.config.limit * timedelta(seconds=interval_seconds(interval))
 
     def range_requests(self, symbol: str, interval: str, start: datetime, end: datetime) -> Iterator[Request]:
         step_ms = interval_seconds(interval) * 1000
-        lo, hi = max(0, _ms(start)), _ms(end)
+        lo, hi = max(0, epoch_ms(start)), epoch_ms(end)
         chunk = step_ms * self.config.limit
         first = lo + (-lo % step_ms)  # the first open time on the grid at or after ``start``
         window_start = start
         while first < hi:
             last = min(first + chunk, hi)
-            window = (window_start, _EPOCH + timedelta(milliseconds=last))
+            window = (window_start, utc_from_ms(last))
             yield Request(self.klines_url, self.params(symbol, interval, start_ms=first, end_ms=last - 1), symbol=symbol,
                           interval=interval, window=window)  # fmt: skip
             first, window_start = last, window[1]
@@ -237,7 +223,7 @@ class BinanceProvider(Provider):
             retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             m = _BANNED_UNTIL.search(str(obj.get("msg", ""))) if isinstance(obj, dict) else None
             if retry_after is None and m:
-                until = _EPOCH + timedelta(milliseconds=int(m.group(1)))
+                until = utc_from_ms(int(m.group(1)))
                 retry_after = max(0.0, (until - self.clock.now()).total_seconds())
         if not isinstance(obj, dict) and reply.status != 418:
             return None
@@ -255,7 +241,7 @@ class BinanceProvider(Provider):
         if "startTime" not in request.params or not page.bars:
             return None
         step_ms = interval_seconds(request.interval) * 1000
-        nxt = _ms(max(b.ts for b in page.bars)) + step_ms
+        nxt = epoch_ms(max(b.ts for b in page.bars)) + step_ms
         end_ms = request.params.get("endTime")
         if end_ms is not None:
             if nxt > int(end_ms):
@@ -264,6 +250,6 @@ class BinanceProvider(Provider):
             return None  # not a full page: nothing newer yet
         window = None
         if request.window is not None:
-            window = (max(request.window[0], _EPOCH + timedelta(milliseconds=nxt)), request.window[1])
+            window = (max(request.window[0], utc_from_ms(nxt)), request.window[1])
         return Request(request.url, {**request.params, "startTime": str(nxt)}, symbol=request.symbol, interval=request.interval,
                        headers=request.headers, window=window)  # fmt: skip

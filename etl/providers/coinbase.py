@@ -26,15 +26,14 @@ No key: the endpoint is public (throttled per IP, 10 requests/second, bursts up 
   transient.
 
 Bars: ``ts`` = the bucket start, UTC; daily bars are normalised to 00:00 UTC of the bucket's
-date. Values are rendered as the shortest decimal text that round-trips the JSON number
-(``8131`` stays ``8131``, ``6106.1`` stays ``6106.1``, ``5e-7`` becomes ``0.0000005``),
-never with an exponent. OHLC are traded prices: nothing to split-adjust.
+date. Values are the JSON numbers' digits as sent (:func:`etl.providers.wire.number_text`:
+``8131`` stays ``8131``, ``6106.1`` stays ``6106.1``, ``5e-7`` becomes ``0.0000005``), never
+with an exponent. OHLC are traded prices: nothing to split-adjust.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,10 +44,11 @@ from errors import HTTPError, InvalidSymbol, MarketpollError, PayloadError
 from etl.http import Response
 from etl.providers.base import Page, Provider, ProviderConfig, Request
 from etl.providers.registry import register
+from etl.providers.wire import EPOCH, number_text, record_excerpt, utc_from_seconds, whole_number
 from etl.transform import Rejection, excerpt
 from models.bar import Bar, interval_seconds
 
-__all__ = ["CoinbaseConfig", "CoinbaseProvider", "parse_candles", "number_text", "GRANULARITIES", "MAX_CANDLES"]
+__all__ = ["CoinbaseConfig", "CoinbaseProvider", "parse_candles", "GRANULARITIES", "MAX_CANDLES"]
 
 #: Canonical interval -> Coinbase ``granularity`` (seconds). 30min is not offered (nor is 6h mapped).
 GRANULARITIES: dict[str, str] = {"1min": "60", "5min": "300", "15min": "900", "60min": "3600", "1day": "86400"}
@@ -61,8 +61,6 @@ BAD_TIMESTAMP = "bad timestamp"
 OFF_GRID = "bad timestamp: not on the granularity grid"
 BAD_VALUE = "bad value: not a finite JSON number"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 
 @dataclass(frozen=True)
 class CoinbaseConfig(ProviderConfig):
@@ -70,37 +68,13 @@ class CoinbaseConfig(ProviderConfig):
     key: public candles need none (a ``COINBASE_API_KEY``, if set, is never sent)."""
 
 
-def number_text(value: object) -> str | None:
-    """The decimal text of one JSON value of a candle, or None when it is not a finite number.
-
-    ints keep their digits (``8131``); floats get the shortest text that round-trips
-    (``repr``), written out without an exponent (``5e-07`` -> ``0.0000005``) and without a
-    ``.0`` tail (``112117471.0`` -> ``112117471``). A JSON string is kept as sent (its value is
-    checked later by :func:`etl.transform.validate_bars`). Booleans and nulls are not numbers.
-    """
-    kind = type(value)
-    if kind is int:
-        return str(value)
-    if kind is float:
-        if not math.isfinite(value):
-            return None
-        text = repr(value)
-        if "e" in text or "E" in text:
-            text = format(Decimal(text), "f")
-        return text[:-2] if text.endswith(".0") else text
-    if kind is str:
-        return value
-    return None
-
-
 def _bucket_start(raw: object, step: int, daily: bool) -> datetime | str:
     """The UTC bar start of a candle's ``time``, or the rejection reason."""
-    if type(raw) is float and raw.is_integer():
-        raw = int(raw)
-    if type(raw) is not int:
+    raw = whole_number(raw)
+    if raw is None:
         return BAD_TIMESTAMP
     try:
-        ts = _EPOCH + timedelta(seconds=raw)
+        ts = utc_from_seconds(raw)
     except OverflowError:
         return BAD_TIMESTAMP
     if daily:  # 00:00 UTC of the bucket's date, whatever the stamp
@@ -108,13 +82,6 @@ def _bucket_start(raw: object, step: int, daily: bool) -> datetime | str:
     if raw % step:
         return OFF_GRID
     return ts
-
-
-def _record_excerpt(rec: object) -> str:
-    try:
-        return excerpt(json.dumps(rec, separators=(",", ":"), allow_nan=True))
-    except (TypeError, ValueError):
-        return excerpt(repr(rec))
 
 
 def parse_candles(body: bytes, *, symbol: str, interval: str, provider: str = "coinbase", url: str | None = None) -> Page:
@@ -132,7 +99,7 @@ def parse_candles(body: bytes, *, symbol: str, interval: str, provider: str = "c
     """
     ctx = {"provider": provider, "symbol": symbol, "url": url}
     try:
-        obj = json.loads(body.decode("utf-8-sig"))
+        obj = json.loads(body.decode("utf-8-sig"), parse_float=Decimal)  # the digits as sent
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"{provider}: malformed JSON for {symbol}: {exc}", **ctx) from None
     if isinstance(obj, dict) and "message" in obj:
@@ -144,16 +111,16 @@ def parse_candles(body: bytes, *, symbol: str, interval: str, provider: str = "c
     for rec in obj:
         if type(rec) is not list or len(rec) != 6:
             key = str(rec[0]) if isinstance(rec, list) and rec else ""
-            page.rejected.append(Rejection(symbol, key, MALFORMED_RECORD, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, key, MALFORMED_RECORD, record_excerpt(rec)))
             continue
         t, low, high, open_, close, volume = rec
         ts = _bucket_start(t, step, daily)
         if isinstance(ts, str):
-            page.rejected.append(Rejection(symbol, str(t), ts, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(t), ts, record_excerpt(rec)))
             continue
-        values = (number_text(open_), number_text(high), number_text(low), number_text(close), number_text(volume))
+        values = tuple(number_text(x, strings=True) for x in (open_, high, low, close, volume))
         if None in values:
-            page.rejected.append(Rejection(symbol, str(t), BAD_VALUE, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, str(t), BAD_VALUE, record_excerpt(rec)))
             continue
         page.bars.append(Bar(provider, symbol, interval, ts, *values))
     return page
@@ -164,8 +131,8 @@ def _iso(ts: datetime) -> str:
 
 
 def _floor(ts: datetime, step: int) -> datetime:
-    seconds = int((ts - _EPOCH).total_seconds() // step) * step
-    return _EPOCH + timedelta(seconds=seconds)
+    seconds = int((ts - EPOCH).total_seconds() // step) * step
+    return utc_from_seconds(seconds)
 
 
 def _message(reply: Response) -> str | None:
@@ -196,6 +163,7 @@ class CoinbaseProvider(Provider):
     default_rate_limit = "10/second"  # public endpoints: 10 requests/second per IP (bursts up to 15)
     key_required = False
     key_help = "public market data: no key needed"
+    latest_bars = MAX_CANDLES  # an older watermark's hole is fetched as a history window first
 
     def _url(self, symbol: str) -> str:
         return f"{self.base_url}/products/{quote(symbol, safe='')}/candles"

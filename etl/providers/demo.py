@@ -184,6 +184,10 @@ class DemoProvider(AlphaVantageProvider):
     def secrets(self) -> list[str]:
         return []
 
+    def latest_reach(self, interval: str) -> timedelta:
+        """Compact, then full: the demo's full reply is its newest 1,000 bars (Alpha Vantage's: 30 days)."""
+        return _SIZES["full"] * timedelta(seconds=interval_seconds(interval))
+
     def close(self) -> None:
         super().close()
         self.server.close()

@@ -52,6 +52,7 @@ from errors import ConfigError, HTTPError, InvalidSymbol, MarketpollError, Paylo
 from etl.http import Response
 from etl.providers.base import FetchResult, Page, Provider, ProviderConfig, Request
 from etl.providers.registry import register
+from etl.providers.wire import epoch_ms, number_text, record_excerpt, utc_from_ms, whole_number
 from etl.transform import Rejection, date_to_utc, excerpt, zone
 from models.bar import Bar, interval_seconds
 
@@ -61,7 +62,6 @@ __all__ = [
     "parse_aggs",
     "error_from_body",
     "day_zone",
-    "number_text",
     "POLYGON_INTERVALS",
     "MAX_LIMIT",
     "AGGS_PATH",
@@ -78,7 +78,6 @@ TICKER_PATH = "/v3/reference/tickers/"
 NEW_YORK = "America/New_York"
 #: A New York daily stamp must fall before this local hour, or its trading date is unclear.
 _DAILY_STAMP_LATEST_HOUR = 12
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Reply ``status`` values that carry data (``DELAYED``: the plan's 15-minute delay).
 _OK = ("OK", "DELAYED")
 
@@ -129,44 +128,13 @@ def day_zone(symbol: str):
     return UTC if symbol.upper().startswith(("X:", "C:")) else zone(NEW_YORK)
 
 
-def number_text(value: object) -> str | None:
-    """The exact decimal text of a JSON number parsed with ``parse_float=Decimal``, or None.
-
-    ints keep their digits; Decimals are written without exponent (``1.12117471e+08`` ->
-    ``112117471``) and without an all-zero fraction (``642646396.0`` -> ``642646396``); fractional
-    digits are kept as sent (``12300.315533316923``). Strings, booleans, nulls and non-finite values
-    are not numbers.
-    """
-    if type(value) is int:
-        return str(value)
-    if type(value) is Decimal:
-        if not value.is_finite():
-            return None
-        text = format(value, "f")
-        if "." in text:
-            whole, frac = text.split(".", 1)
-            if not frac.strip("0"):
-                text = whole
-        return "0" if text == "-0" else text
-    return None
-
-
-def _ms(ts: datetime) -> int:
-    return (ts - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _record_excerpt(rec: object) -> str:
-    return excerpt(json.dumps(rec, separators=(",", ":"), default=str))
-
-
 def _bar_start(t: object, interval: str, symbol: str) -> datetime | str:
     """The UTC bar start of a record's ``t`` (ms), or the rejection reason."""
-    if type(t) is Decimal and t.is_finite() and t == t.to_integral_value():
-        t = int(t)
-    if type(t) is not int:
+    t = whole_number(t)
+    if t is None:
         return BAD_TIMESTAMP
     try:
-        ts = _EPOCH + timedelta(milliseconds=t)
+        ts = utc_from_ms(t)
     except OverflowError:
         return BAD_TIMESTAMP
     if interval != "1day":
@@ -236,23 +204,23 @@ def parse_aggs(body: bytes, *, symbol: str, interval: str, provider: str = "poly
     index = symbol.upper().startswith("I:")
     for rec in results:
         if not isinstance(rec, dict):
-            page.rejected.append(Rejection(symbol, "", MALFORMED_RECORD, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, "", MALFORMED_RECORD, record_excerpt(rec)))
             continue
         t = rec.get("t")
         key = str(t) if t is not None else ""
         raw = (rec.get("o"), rec.get("h"), rec.get("l"), rec.get("c"))
         v = rec.get("v")
         if t is None or None in raw or (v is None and not index):
-            page.rejected.append(Rejection(symbol, key, MISSING_FIELD, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, key, MISSING_FIELD, record_excerpt(rec)))
             continue
         ts = _bar_start(t, interval, symbol)
         if isinstance(ts, str):
-            page.rejected.append(Rejection(symbol, key, ts, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, key, ts, record_excerpt(rec)))
             continue
         prices = [number_text(x) for x in raw]
         volume = number_text(v) if v is not None else None
         if None in prices or (v is not None and volume is None):
-            page.rejected.append(Rejection(symbol, key, BAD_VALUE, _record_excerpt(rec)))
+            page.rejected.append(Rejection(symbol, key, BAD_VALUE, record_excerpt(rec)))
             continue
         page.bars.append(Bar(provider, symbol, interval, ts, *prices, volume))  # type: ignore[arg-type]
     return page, next_url or None
@@ -330,7 +298,7 @@ class PolygonProvider(Provider):
             tz = day_zone(symbol)
             lo, hi = start.astimezone(tz).date().isoformat(), last.astimezone(tz).date().isoformat()
         else:
-            lo, hi = str(max(0, _ms(start))), str(max(0, _ms(last)))
+            lo, hi = str(max(0, epoch_ms(start))), str(max(0, epoch_ms(last)))
         return f"{self.base_url}{AGGS_PATH}{quote(symbol, safe=':.')}/range/{span}/{lo}/{hi}"
 
     def latest_request(self, symbol: str, interval: str, since: datetime | None) -> Request:
@@ -338,6 +306,11 @@ class PolygonProvider(Provider):
         start = since if since is not None else now - timedelta(days=self.config.lookback_days)
         return Request(self.aggs_url(symbol, interval, min(start, now), now), self.params(), symbol=symbol,
                        interval=interval, headers=self.headers())  # fmt: skip
+
+    def latest_reach(self, interval: str) -> timedelta:
+        """One page: ``limit`` base aggregates, counted as minutes (the finest base; a lower bound). The latest
+        request spans [watermark, now] and follows ``next_url``, but a longer hole is fetched as a window first."""
+        return self.config.limit * timedelta(minutes=1)
 
     def range_requests(self, symbol: str, interval: str, start: datetime, end: datetime) -> Iterator[Request]:
         """One request for UTC ``[start, end)`` (``to`` = end - 1 ms, or the date of that instant), paged by ``next_url``."""

@@ -279,6 +279,7 @@ class StooqProvider(Provider):
     default_rate_limit = "1/second"
     key_required = False
     key_help = f"optional for marketpoll, but Stooq answers key-less downloads with an HTML page; get a key at {KEY_PAGE}"
+    latest_bars = None  # the latest request spans the watermark's date to today
 
     config: StooqConfig
 

@@ -20,7 +20,7 @@ Reply (JSON)::
                                                                 "denominator": 1, "splitRatio": "4:1"}}},
                            "indicators": {"quote": [{"open": [...], "high": [...], "low": [...],
                                                      "close": [...], "volume": [...]}],
-                                          "adjclose": [{"adjclose": [...]}]}}],   # daily only; not used
+                                          "adjclose": [{"adjclose": [...]}]}}],   # daily only: adj_close
                "error": null}}
 
 Quirks handled here:
@@ -49,7 +49,8 @@ Quirks handled here:
 - ``events`` become :class:`~models.action.CorporateAction` records (ex-date = the exchange's
   local date of the event stamp; split ratio = numerator/denominator as decimal text,
   dividend amount as decimal text). OHLC are split-adjusted, not dividend-adjusted (Yahoo's
-  own "Close price adjusted for splits"; ``adjclose`` adds dividends and is not stored).
+  own "Close price adjusted for splits"); ``adjclose`` (daily replies: adjusted for splits and
+  dividends) is stored as ``Bar.adj_close`` when present (None where it is ``null`` or absent).
 
 Errors: HTTP 404 with ``chart.error.code == "Not Found"`` ("No data found, symbol may be
 delisted") is :class:`~errors.InvalidSymbol`; a 404 without that body (a wrong base URL) a
@@ -84,6 +85,7 @@ from errors import ConfigError, HTTPError, InvalidSymbol, MarketpollError, Paylo
 from etl.http import Response
 from etl.providers.base import Page, Provider, ProviderConfig, Request
 from etl.providers.registry import register
+from etl.providers.wire import utc_from_seconds, whole_number
 from etl.transform import Rejection, date_to_utc, excerpt, zone
 from models.action import CorporateAction
 from models.bar import Bar, interval_seconds
@@ -204,14 +206,6 @@ def _exchange_zone(meta: dict) -> tzinfo | None:
         return None
 
 
-def _stamp(value: object) -> int | None:
-    if type(value) is int:
-        return value  # type: ignore[return-value]
-    if type(value) is float and value.is_integer():  # type: ignore[union-attr]
-        return int(value)  # type: ignore[arg-type]
-    return None
-
-
 def _error_text(err: object) -> tuple[str, str]:
     if isinstance(err, dict):
         return str(err.get("code") or ""), str(err.get("description") or "")[:300]
@@ -252,6 +246,7 @@ class YahooProvider(Provider):
     default_rate_limit = "1/second 30/minute"
     key_required = False
     key_help = "Yahoo's chart API takes no key"
+    bar_grid = "session"  # 60m bars start at the session open (09:30, 10:30 ... New York)
 
     config: YahooConfig
 
@@ -291,6 +286,11 @@ class YahooProvider(Provider):
                 start = floor
         start = min(start, now - timedelta(seconds=interval_seconds(interval)))  # a watermark ahead of our clock
         return Request(self.url(symbol), self.params(interval, start, now), symbol=symbol, interval=interval)
+
+    def latest_reach(self, interval: str) -> timedelta | None:
+        """One request's span or Yahoo's retention, whichever is shorter, less the margin (None for daily)."""
+        longest = [d for d in (REQUEST_SPAN[interval], RETENTION[interval]) if d is not None]
+        return min(longest) - _MARGIN if longest else None
 
     def range_requests(self, symbol: str, interval: str, start: datetime, end: datetime) -> Iterator[Request]:
         """Requests covering UTC [start, end): chunks of :data:`REQUEST_SPAN`, each with its ``window``.
@@ -376,7 +376,7 @@ class YahooProvider(Provider):
             return [], {}
         if not isinstance(stamps, list) or quote0 is None:
             raise PayloadError(f"{self.name}: 'timestamp' or 'indicators.quote[0]' malformed for {symbol}", **ctx)
-        columns: dict[str, list | None] = {}
+        columns: dict[str, list | None] = {"adjclose": _adjclose(indicators, len(stamps))}
         for f in _QUOTE_FIELDS:
             col = quote0.get(f)
             if col is None and f == "volume":
@@ -397,6 +397,7 @@ class YahooProvider(Provider):
         period2 = _stamp_param(request.params.get("period2"))
         opens, highs, lows, closes = columns["open"], columns["high"], columns["low"], columns["close"]
         volumes = columns["volume"] or [None] * len(stamps)
+        adjcloses = columns["adjclose"] or [None] * len(stamps)
         skipped = beyond = 0
         day_starts: dict[date, datetime] = {}
         for i, raw in enumerate(stamps):
@@ -404,7 +405,7 @@ class YahooProvider(Provider):
             if o is None and h is None and l is None and c is None and v is None:
                 skipped += 1  # a minute without trades: not a bar, not an error
                 continue
-            t = _stamp(raw)
+            t = whole_number(raw)
             if t is None:
                 page.rejected.append(Rejection(symbol, str(raw)[:40], BAD_TIMESTAMP, _record(raw, o, h, l, c, v)))
                 continue
@@ -425,8 +426,8 @@ class YahooProvider(Provider):
                 if ts is None:
                     ts = day_starts[day] = date_to_utc(day, tz)  # type: ignore[arg-type]
             else:
-                ts = datetime.fromtimestamp(t, UTC)
-            page.bars.append(Bar(name, symbol, interval, ts, *values, vol))  # type: ignore[call-arg]
+                ts = utc_from_seconds(t)
+            page.bars.append(Bar(name, symbol, interval, ts, *values, vol, decimal_text(adjcloses[i])))  # type: ignore[call-arg]
         if skipped or beyond:
             log.debug("%s %s: skipped %d all-null bar(s) and %d bar(s) after the window", symbol, interval, skipped, beyond)
 
@@ -450,7 +451,7 @@ class YahooProvider(Provider):
     def _action(self, kind: str, stamp_key: str, rec: object, symbol: str, tz: tzinfo | None) -> CorporateAction | None:
         if not isinstance(rec, dict) or tz is None:
             return None
-        t = _stamp(rec.get("date"))
+        t = whole_number(rec.get("date"))
         if t is None:
             t = int(stamp_key) if str(stamp_key).isdigit() else None
         if t is None:
@@ -461,6 +462,14 @@ class YahooProvider(Provider):
             return CorporateAction(self.name, symbol, ex_date, kind, amount=amount) if amount else None
         ratio = _split_ratio(rec)
         return CorporateAction(self.name, symbol, ex_date, kind, ratio=ratio) if ratio else None
+
+
+def _adjclose(indicators: dict, n: int) -> list | None:
+    """``indicators.adjclose[0].adjclose`` when it is a list of ``n`` values (daily replies), else None."""
+    col = indicators.get("adjclose")
+    col = col[0] if isinstance(col, list) and col and isinstance(col[0], dict) else {}
+    values = col.get("adjclose")
+    return values if isinstance(values, list) and len(values) == n else None
 
 
 def _split_ratio(rec: dict) -> str | None:
