@@ -26,7 +26,13 @@ all-visible the same way). Prints, per data set, the wall time of
 - cold: the ledger emptied first (every day counted; median of ``--cold-repeat``);
 - warm: run again (median of ``--repeat``): complete days are settled and not counted;
 - warm, last date at 12:00: the clock on the last date's noon, so that day is in progress and
-  counted on each run while the rest is settled: the case of a check before a job fires.
+  counted on each run while the rest is settled;
+- floor: the reading alone, one index-only ``count(*)`` per (symbol, date) pair over the same bars on
+  the same two connections (no grid check, no first missing bar, no ledger, no rows): what any
+  exact cold count costs on this machine;
+- job check: what runs after each named-job fire (:mod:`reports.coverage_status`): every symbol on
+  the 2 latest session dates, the last at 12:00, with those two dates' ledger rows emptied first
+  (cold) and again (warm).
 """
 
 from __future__ import annotations
@@ -124,6 +130,49 @@ def generate(url: str, calendars: Calendars, days: list[date], n_symbols: int, d
           + ", ".join(f"{p} {c:,}" for p, c in counts), flush=True)  # fmt: skip
 
 
+_FLOOR = """
+SELECT p.ord, c.n FROM unnest(%(si)s::int[], %(gi)s::int[]) WITH ORDINALITY AS p(si, gi, ord)
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM bars b WHERE b.provider = %(provider)s AND b.interval = '1min'
+    AND b.symbol = (%(symbols)s::text[])[p.si]
+    AND b.ts BETWEEN (%(lo)s::timestamptz[])[p.gi] AND (%(last)s::timestamptz[])[p.gi]) c
+"""
+
+
+def count_floor(engine, provider: str, syms: list[str], calendars: Calendars, days: list[date]) -> None:
+    """The floor: count the pairs' bars through the primary key, two statements at once, nothing else."""
+    cal = calendars.get(EXCHANGE)
+    lo = [cal.trading_day(d).open for d in days]
+    last = [cal.trading_day(d).close - timedelta(minutes=1) for d in days]
+    half = (len(syms) + 1) // 2
+
+    def run(part: list[int]) -> None:
+        si = [i + 1 for i in part for _ in days]
+        gi = [j + 1 for _ in part for j in range(len(days))]
+        with engine.connect() as conn:
+            conn.exec_driver_sql(_FLOOR, {"si": si, "gi": gi, "symbols": syms, "lo": lo, "last": last,
+                                          "provider": provider}).fetchall()  # fmt: skip
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in (list(range(half)), list(range(half, len(syms)))) if p]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
+def job_check(ledger: CoverageLedger, engine, provider: str, syms: list[str], days: list[date], clock) -> tuple[float, float]:
+    """(cold, warm) seconds of the after-fire check: the 2 latest dates, the last at 12:00 New York."""
+    clock.set(datetime.combine(days[-1], datetime.min.time(), tzinfo=UTC) + timedelta(hours=17))
+    out = []
+    for empty in (True, False):
+        if empty:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DELETE FROM coverage WHERE provider = %s AND session_date >= %s", (provider, days[-2]))
+        t = time.perf_counter()
+        ledger.compute(provider, syms, "1min", days[-2], days[-1], exchange=EXCHANGE, sessions=REGULAR)
+        out.append(time.perf_counter() - t)
+    return out[0], out[1]
+
+
 def setup(reuse: bool) -> tuple[str, bool]:
     """The scratch database's URL, and whether it already holds the data (``--reuse``)."""
     if reuse:
@@ -198,12 +247,22 @@ def main() -> None:
             run()
             live.append(time.perf_counter() - t)
         clock.set(after)
+        floor = []
+        for _ in range(args.cold_repeat):
+            t = time.perf_counter()
+            count_floor(engine, name, syms, calendars, days)
+            floor.append(time.perf_counter() - t)
+        job = job_check(ledger, engine, name, syms, days, clock)
+        clock.set(after)
         print(f"  {name:<5} {len(syms):>4} symbols x {len(days)} dates = {len(rows):>7,} ledger rows, {expected:>11,} bars "
               f"expected, {loaded:>11,} loaded", flush=True)  # fmt: skip
         print(f"        cold {statistics.median(cold):6.2f} s ({', '.join(f'{x:.2f}' for x in cold)}); "
               f"warm {statistics.median(warm):6.2f} s ({', '.join(f'{x:.2f}' for x in warm)}); "
               f"warm, last date at 12:00 {statistics.median(live):6.2f} s ({', '.join(f'{x:.2f}' for x in live)})",
               flush=True)  # fmt: skip
+        ratio = statistics.median(cold) / statistics.median(floor)
+        print(f"        floor {statistics.median(floor):5.2f} s (cold / floor {ratio:.2f}); "
+              f"job check, 2 dates: cold {job[0]:.2f} s, warm {job[1]:.2f} s", flush=True)  # fmt: skip
     engine.dispose()
     print("target: under 5 s for 500 symbols x 250 session dates of 1-minute bars")
 

@@ -7,7 +7,14 @@ after-hours extents; one window a day, midnight to midnight UTC, on the 24/7 exc
 where they touch, and each joined span holds one bar every interval from its start while the bar
 starts before the span's end (``closed="left"``; a last bar may be partial, as a 60min bar from
 15:30 to a 16:00 close). This is what ``pandas_market_calendars.date_range(schedule, interval,
-closed="left", force_close=False)`` gives. A daily bar (``1day``) is one bar per session date,
+closed="left", force_close=False)`` gives: the *session* grid. Most APIs bucket bars on the *clock*
+instead, multiples of the interval since the Unix epoch (Polygon, Binance and Coinbase by design;
+Alpha Vantage's 60min series runs 04:00, 05:00 ... 19:00 New York), so a 60min bar starts at 09:00
+and holds the 09:30 open, not at 09:30; only Yahoo's 60m bars start at the session open. Each
+provider declares its grid (``Provider.bar_grid``, :func:`provider_grid`); on the clock grid a span's
+first bar starts at the grid point at or before the span's start. The two grids differ only where a
+session does not open on the interval's grid (a 60min bar on XNYS, 30/60min on XNSE's 09:15).
+A daily bar (``1day``) is one bar per session date,
 starting at 00:00 of the date in the exchange's zone (UTC on 24/7), whatever the sessions.
 The ledger expects only bars that have *ended* at the time of the check (the injected clock): a
 session in progress counts its finished bars, a future date has no row.
@@ -40,10 +47,11 @@ took 24-38 s on this project's shared 2-core machine (benchmarks/coverage_bench.
    primary key ``(provider, symbol, interval, ts)`` over that day's span only (no per-day round
    trip, no other day's or session's bars read, and the session date comes from the span, so no
    time-zone arithmetic per row), keeping bars on the grid (``date_bin(interval, ts, span start) =
-   ts``: a bar off the grid is not an expected one) and returning their count, the first's and
-   last's offset and the sum of offsets. The first missing bar follows from these when the bars
-   form one run (a complete day, a missing head or tail) or have exactly one hole (the sum locates
-   it); otherwise a second statement walks the pair's bars in order and stops at the first gap.
+   ts``: a bar off the grid is not an expected one) and returning their count and the first's and
+   last's offset. The first missing bar follows from these when the bars form one run (a complete
+   day, a missing head or tail); otherwise a second statement walks the pair's bars in order and
+   stops at the first gap. (A sum of offsets would locate a single hole without that walk, but
+   summing costs a fifth more on every bar read, complete days included: measured, not worth it.)
 3. Pairs that a no-data range touches (rare) have their bar starts read and are tallied exactly
    in Python, like every pair on SQLite (stored as naive UTC text, read one symbol at a time).
 
@@ -57,7 +65,7 @@ import logging
 import math
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -73,7 +81,8 @@ from errors import ConfigError
 from models.bar import INTERVALS
 from scheduler.calendar import Calendars, MarketCalendar, Session
 
-__all__ = ["expected_bar_starts", "session_dates", "sessions_key", "CoverageRow", "CoverageLedger", "render_table"]
+__all__ = ["expected_bar_starts", "session_dates", "sessions_key", "provider_grid", "CoverageRow", "CoverageLedger",
+           "render_table"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +120,24 @@ def _step(interval: str) -> timedelta:
         raise ConfigError(f"unknown interval {interval!r}: use {', '.join(INTERVALS)}", name="interval", value=interval) from None
 
 
-def _spans(calendar: MarketCalendar, day: date, interval: str, sessions: frozenset[Session], now: datetime | None) -> list[_Span]:
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GRIDS = ("session", "clock")
+
+
+def _check_grid(grid: str) -> None:
+    if grid not in GRIDS:
+        raise ConfigError(f"unknown bar grid {grid!r}: use session or clock", name="grid", value=grid)
+
+
+def provider_grid(provider: str) -> str:
+    """The bar grid of registered provider ``provider`` (``Provider.bar_grid``); ``"clock"`` for a name not registered."""
+    from etl.providers import get_provider_class, provider_names  # the registry, filled on import
+
+    return get_provider_class(provider).bar_grid if provider in provider_names() else "clock"
+
+
+def _spans(calendar: MarketCalendar, day: date, interval: str, sessions: frozenset[Session], now: datetime | None,
+           grid: str = "session") -> list[_Span]:  # fmt: skip
     """The day's expected bars as spans; with ``now``, only the bars ended by then."""
     step = _step(interval)
     td = calendar.trading_day(day)
@@ -130,6 +156,8 @@ def _spans(calendar: MarketCalendar, day: date, interval: str, sessions: frozens
             joined.append([lo, hi])
     out = []
     for lo, hi in joined:
+        if grid == "clock":  # the first bar starts on the epoch grid at or before the span's start
+            lo -= (lo - _EPOCH) % step
         n = math.ceil((hi - lo) / step)
         if now is not None and hi > now:  # bar i has ended when lo + (i + 1) * step <= now
             n = max(0, min(n, (now - lo) // step))
@@ -138,14 +166,18 @@ def _spans(calendar: MarketCalendar, day: date, interval: str, sessions: frozens
     return out
 
 
-def expected_bar_starts(calendar: MarketCalendar, day: date, interval: str, sessions: frozenset[Session]) -> list[datetime]:
+def expected_bar_starts(calendar: MarketCalendar, day: date, interval: str, sessions: frozenset[Session], *,
+                        grid: str = "session") -> list[datetime]:  # fmt: skip
     """Starts (UTC, sorted) of the bars ``calendar`` expects on local session date ``day``.
 
     ``interval`` is one of :data:`models.bar.INTERVALS` (:class:`~errors.ConfigError` otherwise);
-    intraday bars come from the windows of ``sessions`` (see the module docstring), a ``1day`` bar
-    is 00:00 of ``day`` in the exchange's zone. ``[]`` on a closed day.
+    intraday bars come from the windows of ``sessions`` (see the module docstring) on ``grid``:
+    ``"session"`` steps from each joined span's start (pandas_market_calendars' grid), ``"clock"``
+    from the multiple of the interval since the Unix epoch at or before it (a 60min bar at 09:00 for
+    a 09:30 open). A ``1day`` bar is 00:00 of ``day`` in the exchange's zone. ``[]`` on a closed day.
     """
-    return [s for span in _spans(calendar, day, interval, sessions, None) for s in span.starts()]
+    _check_grid(grid)
+    return [s for span in _spans(calendar, day, interval, sessions, None, grid) for s in span.starts()]
 
 
 def session_dates(calendar: MarketCalendar, start: date, end: date) -> list[date]:
@@ -280,17 +312,16 @@ def _missing_runs(days: dict[date, list[_Span]], count_of) -> list[tuple[datetim
 
 # -- SQL (PostgreSQL; psycopg2 parameters; every name below is a module constant) -----------------
 
-#: Per (symbol, span) pair, over the bars on the span's grid: how many, the first's and the last's
-#: offset from the span start and the sum of all offsets (seconds; the sum locates a single hole).
-#: ``p.si``/``p.gi`` index the symbol and span arrays, which keeps the parameters small.
+#: Per (symbol, span) pair, over the bars on the span's grid: how many, and the first's and the
+#: last's offset from the span start (seconds). ``p.si``/``p.gi`` index the symbol and span arrays,
+#: which keeps the parameters small.
 _COUNT_SQL = """
-SELECT p.ord, c.n, c.first_s, c.last_s, date_part('epoch', c.total)::bigint
+SELECT p.ord, c.n, c.first_s, c.last_s
 FROM unnest(%(si)s::int[], %(gi)s::int[]) WITH ORDINALITY AS p(si, gi, ord)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n,
            date_part('epoch', min(b.ts) - (%(lo)s::timestamptz[])[p.gi])::bigint AS first_s,
-           date_part('epoch', max(b.ts) - (%(lo)s::timestamptz[])[p.gi])::bigint AS last_s,
-           sum(b.ts - (%(lo)s::timestamptz[])[p.gi]) AS total
+           date_part('epoch', max(b.ts) - (%(lo)s::timestamptz[])[p.gi])::bigint AS last_s
     FROM bars b
     WHERE b.provider = %(provider)s AND b.interval = %(interval)s AND b.symbol = (%(symbols)s::text[])[p.si]
       AND b.ts BETWEEN (%(lo)s::timestamptz[])[p.gi] AND (%(last)s::timestamptz[])[p.gi]
@@ -348,17 +379,25 @@ class _Plan:
     end: date
     days: dict[date, list[_Span]]
 
+    def expected(self) -> dict[date, int]:
+        """Expected (ended) bars per session date: the same for every series of the plan."""
+        return {day: sum(s.count for s in spans) for day, spans in self.days.items()}
+
 
 class CoverageLedger:
     """Computes and keeps the ``coverage`` ledger; records no-data ranges. Errors are :class:`~errors.LoadError`.
 
-    ``calendars`` gives each exchange's sessions; ``clock`` says which bars have ended and stamps ``checked_at``.
+    ``calendars`` gives each exchange's sessions; ``clock`` says which bars have ended and stamps
+    ``checked_at``; ``grid_of(provider)`` is the provider's bar grid (``"session"`` or ``"clock"``,
+    see :func:`expected_bar_starts`; default :func:`provider_grid`, from the provider registry).
     """
 
-    def __init__(self, engine: sa.Engine, calendars: Calendars, clock: Clock) -> None:
+    def __init__(self, engine: sa.Engine, calendars: Calendars, clock: Clock, *,
+                 grid_of: Callable[[str], str] = provider_grid) -> None:  # fmt: skip
         self.engine = engine
         self.calendars = calendars
         self.clock = clock
+        self.grid_of = grid_of
 
     # -- public --------------------------------------------------------------------------------
 
@@ -374,14 +413,15 @@ class CoverageLedger:
         stored = self._stored(plan)
         counts = self._measure(plan, stored, want_missing=False)
         rows, fresh = [], []
+        expected = plan.expected()  # per session date, once for every series
         for symbol in plan.symbols:
-            for day, spans in plan.days.items():
-                expected = sum(s.count for s in spans)
+            for day, n_expected in expected.items():
                 c = counts.get((symbol, day))
                 if c is None:  # settled: complete at its last check
                     rows.append(stored[(symbol, day)])
                     continue
-                row = CoverageRow(provider, symbol, interval, day, expected, c.loaded, c.no_data, c.missing, c.first_missing, now)
+                row = CoverageRow(provider, symbol, interval, day, n_expected, c.loaded, c.no_data, c.missing, c.first_missing,
+                                  now)  # fmt: skip
                 rows.append(row)
                 fresh.append(row)
         self._write(plan, fresh, now)
@@ -447,9 +487,11 @@ class CoverageLedger:
         if not chosen:
             raise ConfigError("no session asked for: use pre, regular or post", name="sessions", value=sorted(sessions))
         cal = self.calendars.get(exchange)
+        grid = self.grid_of(provider)
+        _check_grid(grid)
         days = {}
         for day in session_dates(cal, start, end):
-            spans = _spans(cal, day, interval, chosen, now)
+            spans = _spans(cal, day, interval, chosen, now, grid)
             if spans:
                 days[day] = spans
         return _Plan(provider, tuple(sorted(set(symbols))), interval, sessions_key(chosen), start, end, days)
@@ -463,7 +505,7 @@ class CoverageLedger:
             c.provider == plan.provider, c.interval == plan.interval, c.sessions == plan.sessions,
             c.symbol.in_(plan.symbols), c.session_date.between(plan.start, plan.end), c.missing == 0,
         )  # fmt: skip
-        expected = {day: sum(s.count for s in spans) for day, spans in plan.days.items()}
+        expected = plan.expected()
         checked: dict[datetime, datetime] = {}  # one check writes one checked_at: convert each once
         out = {}
         with translate_db_errors("reading the coverage ledger"), self.engine.connect() as conn:
@@ -498,8 +540,8 @@ class CoverageLedger:
         exact: list[tuple[str, date]] = []
         counts: dict[tuple[str, date], _Count] = {}
         if is_postgres(self.engine):
-            grid = []  # pairs counted in SQL: no no-data range touches their day
-            for sym, day in todo:
+            grid = todo if not no_data else []  # pairs counted in SQL: no no-data range touches their day
+            for sym, day in todo if no_data else ():  # (no no-data range at all: every pair, unchecked)
                 spans = plan.days[day]
                 touched = any(a <= spans[-1].last and b > spans[0].start for a, b in no_data.get(sym, ()))
                 (exact if touched else grid).append((sym, day))
@@ -558,22 +600,20 @@ class CoverageLedger:
         if not pairs:
             return {}
         items, args = self._pairs(plan, pairs)
-        per_item: list[tuple[int, int | None, int | None, int | None]] = [(0, None, None, None)] * len(items)
+        per_item: list[tuple[int, int | None, int | None]] = [(0, None, None)] * len(items)
         for ord_, *found in self._run_chunks(_COUNT_SQL, args, len(items), "counting bars for coverage"):
             per_item[ord_] = tuple(found)
-        first: dict[int, datetime | None] = {}
+        first: list[datetime | None] = [None] * len(items)
         gaps = []
-        for i, ((_, _, span), (n, first_s, last_s, total_s)) in enumerate(zip(items, per_item, strict=True)):
-            step_s = int(span.step.total_seconds())
-            last_slot = None if last_s is None else last_s // step_s
+        step_s = int(_step(plan.interval).total_seconds())  # every span of a plan has the plan's step
+        for i, ((_, _, span), (n, first_s, last_s)) in enumerate(zip(items, per_item, strict=True)):
             if n == span.count:
-                first[i] = None
-            elif n == 0 or first_s > 0:  # the first bar is missing
+                continue  # complete: nothing missing
+            last_slot = None if last_s is None else last_s // step_s
+            if n == 0 or first_s > 0:  # the first bar is missing
                 first[i] = span.start
             elif last_slot + 1 == n:  # one run from the first bar: the one after it is missing
                 first[i] = span.start + n * span.step
-            elif last_slot == n:  # slots 0..last with one hole: the sum of offsets says where
-                first[i] = span.start + timedelta(seconds=step_s * last_slot * (last_slot + 1) // 2 - total_s)
             else:
                 gaps.append(i)
         if gaps:
@@ -584,15 +624,14 @@ class CoverageLedger:
                 # no gap found: bars were written since the count; the bar after them is then the first missing
                 first[i] = span.start + ((rank - 1) if rank is not None else per_item[i][0]) * span.step
         out: dict[tuple[str, date], _Count] = {}
-        for i, (sym, day, span) in enumerate(items):
-            n = per_item[i][0]
+        for (sym, day, span), (n, *_), first_missing in zip(items, per_item, first, strict=True):
             c = out.get((sym, day))
             if c is None:
-                out[(sym, day)] = _Count(n, 0, span.count - n, first[i])
+                out[(sym, day)] = _Count(n, 0, span.count - n, first_missing)
             else:  # a second span of the day (pre and post without regular)
                 c.loaded += n
                 c.missing += span.count - n
-                c.first_missing = c.first_missing or first[i]
+                c.first_missing = c.first_missing or first_missing
         return out
 
     def _starts(self, plan: _Plan, pairs: list[tuple[str, date]]) -> dict[tuple[str, date], set[datetime]]:

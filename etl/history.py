@@ -28,6 +28,11 @@ resets (next UTC midnight), with one log line; ``stop`` ends the wait, leaving t
 
 Progress: :func:`make_progress` chooses a rich progress bar on a terminal, else one log line
 per :func:`log_every` chunks.
+
+Catch-up after downtime (:func:`fetch_caught_up`, called by every polling cycle and named-job
+fire of :class:`etl.pipeline.EtlPipeline`): a series whose watermark lies beyond what one ordinary
+request reaches (:meth:`~etl.providers.base.Provider.latest_reach`) gets the hole fetched in the
+provider's history windows first, then the ordinary request, in the same cycle.
 """
 
 from __future__ import annotations
@@ -38,22 +43,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from clock import Clock
 from db.backfill import Chunk, ChunkStatus, ChunkStore, Span
 from errors import ConfigError, LoadError
 from etl.events import LoadEvent
-from etl.pipeline import EtlPipeline
-from etl.providers.base import Provider
-from etl.retry import human_seconds
+from etl.providers.base import FetchResult, Provider
+from etl.retry import RetryBudget, human_seconds, retry_budget
+from models.bar import interval_seconds
 from models.run import CycleResult, SymbolOutcome
 
+if TYPE_CHECKING:  # the pipeline imports this module (catch-up)
+    from etl.pipeline import EtlPipeline
+
 __all__ = ["Backfill", "Plan", "HistoryResult", "subtract", "chunk_windows", "cycle_groups", "make_progress",
-           "Progress", "LogProgress", "RichProgress", "log_every", "MAX_CYCLE_SYMBOLS", "RATE_WAIT_MIN_SECONDS"]  # fmt: skip
+           "Progress", "LogProgress", "RichProgress", "log_every", "MAX_CYCLE_SYMBOLS", "RATE_WAIT_MIN_SECONDS",
+           "catch_up_window", "fetch_caught_up", "CATCH_UP_MAX_BARS"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +74,92 @@ RATE_WAIT_MIN_SECONDS = 0.05
 QUOTA_SLEEP_SECONDS = 60.0
 #: Failures listed one by one in the result (all are counted, and stay in ``backfill_chunks``).
 MAX_FAILURES_LISTED = 100
+#: Longest hole a polling cycle or job fire catches up for one series, in bar intervals (1min: ~35
+#: days; 5min: ~174 days; 60min and 1day: years). The hole is held in memory and loaded in one
+#: transaction with the symbol's new bars, so it is bounded; anything older is left to ``--fill-gaps``
+#: (the coverage ledger shows it) and said in a warning.
+CATCH_UP_MAX_BARS = 50_000
 
 
 def _utc(dt: datetime) -> datetime:
     return dt.astimezone(UTC)
+
+
+# -- catch-up after downtime (every polling cycle and named-job fire) -----------------------------
+
+
+def catch_up_window(provider: Provider, interval: str, since: datetime | None, now: datetime, *,
+                    max_bars: int = CATCH_UP_MAX_BARS) -> Span | None:  # fmt: skip
+    """The hole ``[since, now)`` (UTC) to backfill before a series' ordinary fetch, or None. Pure.
+
+    A hole is a watermark ``since`` (the newest stored bar start) older than one ordinary request
+    reaches back (:meth:`~etl.providers.base.Provider.latest_reach`). None when it is within reach,
+    when the provider's ordinary request reaches any watermark, and when there is no watermark: a
+    series never loaded gets the ordinary request only (the provider's own first window: Alpha
+    Vantage's compact 100 bars, Polygon's ``lookback_days`` ...); older history is ``--backfill``'s.
+    A hole longer than ``max_bars`` intervals is cut to its newest ``max_bars`` intervals
+    (:data:`CATCH_UP_MAX_BARS`; the rest stays a gap for ``--fill-gaps``).
+    """
+    if since is None:
+        return None
+    reach = provider.latest_reach(interval)
+    if reach is None or since >= now - reach:
+        return None
+    return max(since, now - timedelta(seconds=interval_seconds(interval) * max_bars)), now
+
+
+def fetch_caught_up(provider: Provider, symbol: str, interval: str, since: datetime | None, now: datetime, *,
+                    window_budget: Callable[[], RetryBudget] | None = None) -> FetchResult:  # fmt: skip
+    """The ordinary fetch of ``symbol`` (newest bars after watermark ``since``), preceded by a history
+    window over the hole when there is one (:func:`catch_up_window`), in one result.
+
+    The hole is cut into the provider's own request windows (:func:`chunk_windows`: a month per
+    Alpha Vantage request, 300 candles per Coinbase request ...), each fetched with
+    :meth:`~etl.providers.base.Provider.fetch_range` (its pages, the shared rate budget, retries)
+    under its own retry budget from ``window_budget()``, like a backfill chunk, so the caller's
+    per-symbol budget (it counts requests) is left whole for the ordinary request (None: every
+    request draws on the caller's). Then the ordinary request from the newest bar the hole brought;
+    where both hold a bar, the ordinary request's copy wins. Windows the provider said hold no data
+    are in ``FetchResult.no_data``. A provider that cannot fetch the hole (no history API, or older
+    than it keeps: a :class:`~errors.ConfigError`) gets the ordinary request only, with a warning.
+    Any other error propagates: the symbol fails this cycle and the next one starts from the same
+    watermark.
+    """
+    window = catch_up_window(provider, interval, since, now)
+    if window is None:
+        return provider.fetch_bars(symbol, interval, since=since)
+    hole = FetchResult(symbol)
+    try:
+        if window[0] > since:
+            log.warning("%s %s %s: the hole since %s is longer than a cycle catches up (%d bars); catching up from %s, "
+                        "the rest is left to --fill-gaps", provider.name, symbol, interval, since.isoformat(),
+                        CATCH_UP_MAX_BARS, window[0].isoformat())  # fmt: skip
+        windows = chunk_windows(provider, symbol, interval, [window])
+        log.info("%s %s %s: watermark %s is beyond one ordinary request; backfilling [%s, %s) first in %d window(s)",
+                 provider.name, symbol, interval, since.isoformat(), window[0].isoformat(), window[1].isoformat(),
+                 len(windows))  # fmt: skip
+        for lo, hi in windows:
+            with retry_budget(window_budget()) if window_budget is not None else nullcontext():
+                part = provider.fetch_range(symbol, interval, lo, hi)
+            hole.bars += part.bars
+            hole.rejected += part.rejected
+            hole.actions += part.actions
+            hole.no_data += part.no_data
+    except ConfigError as exc:
+        log.warning("%s %s: cannot backfill the hole since %s (%s); the ordinary request only", provider.name, symbol,
+                    since.isoformat(), exc)  # fmt: skip
+        return provider.fetch_bars(symbol, interval, since=since)
+    latest = provider.fetch_bars(symbol, interval, since=max((b.ts for b in hole.bars), default=since))
+    newer = {b.ts for b in latest.bars}
+    latest.bars = sorted([b for b in hole.bars if b.ts not in newer] + latest.bars, key=_bar_ts)
+    latest.rejected = hole.rejected + latest.rejected
+    latest.actions = hole.actions + latest.actions
+    latest.no_data = hole.no_data + latest.no_data
+    return latest
+
+
+def _bar_ts(bar) -> datetime:
+    return bar.ts
 
 
 # -- planning (pure) ---------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def human_seconds(seconds: float) -> str:
 
 @dataclass
 class RetryBudget:
-    """What one symbol may still spend in one cycle: ``attempts`` requests, ``wait_seconds`` of retry waits.
+    """What one symbol may still spend in one cycle: ``attempts`` failed requests, ``wait_seconds`` of retry waits.
 
     Shared by the provider's retry loop and the pipeline's extra passes. Thread-safe.
     """
@@ -104,6 +104,12 @@ class RetryBudget:
                 return False
             self.attempts -= 1
             return True
+
+    def refund(self) -> None:
+        """Give back one request: it succeeded. Only failures use the budget up, so a fetch of many
+        pages (a catch-up, a backfill window) is not cut short by its own successful requests."""
+        with self._lock:
+            self.attempts += 1
 
     def fits(self, wait_seconds: float) -> bool:
         """Could one more request be made after waiting ``wait_seconds``?"""
@@ -131,6 +137,9 @@ class _BudgetSpent(MarketpollError):
     """The retry budget had no request left before the first one (the pipeline never asks then)."""
 
     transient = True
+
+    def __init__(self) -> None:
+        super().__init__("its retry budget for this cycle is spent (RETRY_MAX_ATTEMPTS failed requests)")
 
 
 class Retrier:
@@ -186,9 +195,10 @@ class Retrier:
     def __call__(self, fn: Callable[[], T]) -> T:
         """Call ``fn`` until it returns, raises a terminal error, or attempts run out (then re-raises).
 
-        Each call of ``fn`` is one request of the current :class:`RetryBudget` (if any); when the
-        budget has none left, the last error stands (or ``fn`` is not called at all the first time,
-        and the budget's exhaustion is raised as a transient error by the caller's pipeline).
+        Each call of ``fn`` takes one request of the current :class:`RetryBudget` (if any), given back
+        when it succeeds (only failures use the budget up); when the budget has none left, the last
+        error stands (or ``fn`` is not called at all the first time, and the budget's exhaustion is
+        raised as a transient error by the caller's pipeline).
         """
         last: list[BaseException] = []
 
@@ -197,9 +207,12 @@ class Retrier:
             if budget is not None and not budget.take_attempt():
                 raise last[-1] if last else _BudgetSpent()
             try:
-                return fn()
+                result = fn()
             except BaseException as exc:
                 last.append(exc)
                 raise
+            if budget is not None:
+                budget.refund()
+            return result
 
         return self._retrying(attempt)

@@ -123,6 +123,33 @@ def test_60min_bars_step_from_each_joined_span(xnys):
     assert [t.astimezone(NY).strftime("%H:%M") for t in apart] == [f"{h:02d}:00" for h in (4, 5, 6, 7, 8, 9, 16, 17, 18, 19)]
 
 
+def test_60min_bars_on_the_clock_grid_start_on_the_hour(xnys, calendars):
+    """Polygon, Binance, Coinbase and Alpha Vantage bucket on the clock: the 09:00 bar holds the 09:30 open."""
+    day = date(2024, 3, 12)
+    clock = expected_bar_starts(xnys, day, "60min", REGULAR, grid="clock")
+    assert [t.astimezone(NY).strftime("%H:%M") for t in clock] == [f"{h:02d}:00" for h in range(9, 16)]
+    early = expected_bar_starts(xnys, date(2024, 11, 29), "60min", REGULAR, grid="clock")  # 09:30-13:00
+    assert [t.astimezone(NY).hour for t in early] == [9, 10, 11, 12]
+    for interval in ("1min", "5min", "15min", "30min"):  # the open is on their grid: both grids agree
+        on_clock = expected_bar_starts(xnys, day, interval, REGULAR, grid="clock")
+        assert on_clock == expected_bar_starts(xnys, day, interval, REGULAR)
+    xnse = calendars.get("XNSE")  # opens 09:15 IST (03:45 UTC): 30min bars from 03:30 UTC on the clock grid
+    assert expected_bar_starts(xnse, date(2024, 3, 12), "30min", REGULAR, grid="clock")[0] == utc("2024-03-12T03:30:00+00:00")
+    with pytest.raises(ConfigError):
+        expected_bar_starts(xnys, day, "60min", REGULAR, grid="hourly")
+
+
+def test_the_ledger_expects_each_provider_s_own_grid(engine, calendars, clock):
+    day = date(2024, 3, 12)
+    on_the_hour = expected_bar_starts(calendars.get("XNYS"), day, "60min", REGULAR, grid="clock")
+    for provider in ("polygon", "yahoo"):
+        put(engine, on_the_hour, provider=provider, interval="60min")
+    ledger = CoverageLedger(engine, calendars, clock)  # grids from the provider registry
+    for provider, loaded in (("polygon", 7), ("yahoo", 0)):  # Yahoo's 60m bars start at 09:30: none of these
+        (row,) = ledger.compute(provider, ["IBM"], "60min", day, day, exchange="XNYS", sessions=REGULAR)
+        assert (row.expected, row.loaded, row.missing) == (7, loaded, 7 - loaded)
+
+
 def test_daily_bar_starts_at_local_midnight(xnys):
     assert expected_bar_starts(xnys, date(2024, 3, 8), "1day", REGULAR) == [utc("2024-03-08T05:00:00+00:00")]  # EST
     assert expected_bar_starts(xnys, date(2024, 3, 11), "1day", REGULAR) == [utc("2024-03-11T04:00:00+00:00")]  # EDT
