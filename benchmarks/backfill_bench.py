@@ -59,15 +59,9 @@ def body_template(bars: int) -> bytes:
 
 
 def serve(bars: int, port_q) -> None:
-    from etl.loopback import LoopbackServer
+    from cycle_bench import serve_template
 
-    template = body_template(bars)
-    server = LoopbackServer(
-        lambda _p, q: (200, {"Content-Type": "application/json"}, template.replace(b"{SYMBOL}", q["symbol"].encode()))
-    )
-    port_q.put(server.url)
-    while True:
-        time.sleep(3600)
+    serve_template(port_q, body_template(bars))
 
 
 def fresh_database() -> str:

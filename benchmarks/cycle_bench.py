@@ -21,6 +21,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,7 +32,9 @@ DB = "marketpoll_cycle_bench"
 
 
 def body_for(symbol: str) -> bytes:
-    t0 = datetime(2024, 3, 11, 9, 30)
+    """100 one-minute bars ending a few minutes ago (New York time, as Alpha Vantage sends them):
+    recent, so a repeated cycle (the soak) is a steady-state poll, not a catch-up of an old hole."""
+    t0 = datetime.now(ZoneInfo("America/New_York")).replace(tzinfo=None, second=0, microsecond=0) - timedelta(minutes=105)
     series = {}
     for i in range(99, -1, -1):
         p = 100 + (i % 37) / 10
@@ -44,9 +47,14 @@ def body_for(symbol: str) -> bytes:
 
 
 def serve(port_q) -> None:
+    serve_template(port_q, body_for("{SYMBOL}"))
+
+
+def serve_template(port_q, template: bytes) -> None:
+    """A loopback Alpha Vantage server answering ``template`` with ``{SYMBOL}`` filled in, forever
+    (run it in a child process); its URL is put on ``port_q``."""
     from etl.loopback import LoopbackServer
 
-    template = body_for("{SYMBOL}")
     server = LoopbackServer(
         lambda _p, q: (200, {"Content-Type": "application/json"}, template.replace(b"{SYMBOL}", q["symbol"].encode()))
     )

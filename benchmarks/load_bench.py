@@ -35,11 +35,12 @@ from _scratch import scratch_database  # noqa: E402
 
 from db.engine import make_engine  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
+from db.tables import BAR_KEY, BAR_VALUES  # noqa: E402
 from etl.load import PostgresBarLoader, copy_text  # noqa: E402
 from models.bar import Bar  # noqa: E402
 
 DB = "marketpoll_bench"
-COLS = "provider, symbol, interval, ts, open, high, low, close, volume"
+COLS = ", ".join((*BAR_KEY, *BAR_VALUES, "adj_close"))  # the columns of copy_text, in its order
 
 
 def make_bars(rows: int, symbols: int) -> list[list[Bar]]:

@@ -73,7 +73,8 @@ def test_requests_never_exceed_the_budget_and_stay_close_to_it(replay, sqlite_en
 
 def test_daily_quota_survives_a_restart_and_pauses_without_requests(replay, engine, manual_clock):
     srv = replay(lambda _p, q: ok(as_symbol(BODY, q["symbol"])))
-    now = manual_clock  # 2024-03-11T15:00:00Z: the quota's UTC day is the clock's, not today's
+    now = manual_clock  # the quota's UTC day is the clock's, not today's
+    now.set(datetime(2024, 1, 31, 21, 0, tzinfo=UTC))  # the fixture's session (no catch-up of an older hole)
     rates = [RateSpec(3, "day")]
     used = QuotaStore(engine).used
 
@@ -88,7 +89,7 @@ def test_daily_quota_survives_a_restart_and_pauses_without_requests(replay, engi
     assert len(srv.requests) == 3 and first.status is RunStatus.PARTIAL
     assert all(not o.retry_in_cycle for o in first.failed)  # no pointless retry passes
     assert "daily quota of 3 requests used up" in first.failed[0].error
-    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 3, 11)) == 3
+    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 1, 31)) == 3
 
     restarted = pipeline()
     second = restarted.run_cycle(["A"], "1min", job_name="q")
@@ -96,11 +97,11 @@ def test_daily_quota_survives_a_restart_and_pauses_without_requests(replay, engi
     third = restarted.run_cycle(["A", "B"], "1min", job_name="q")
     assert "paused" in third.error and third.outcomes == [] and len(srv.requests) == 3
 
-    now.set(datetime(2024, 3, 12, 0, 0, 1, tzinfo=UTC))  # a new UTC day: the quota resets
+    now.set(datetime(2024, 2, 1, 0, 0, 1, tzinfo=UTC))  # a new UTC day: the quota resets
     assert restarted.run_cycle(["A"], "1min", job_name="q").status is RunStatus.SUCCEEDED
     assert len(srv.requests) == 4
-    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 3, 12)) == 1
-    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 3, 11)) == 3
+    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 2, 1)) == 1
+    assert used("alphavantage", key_id("QUOTAKEY99"), date(2024, 1, 31)) == 3
 
 
 def test_quota_store_is_atomic_under_threads(engine):

@@ -3,8 +3,9 @@
 A provider is **pure**: it builds requests and parses replies, nothing more. The request
 loop in this base class (:meth:`Provider.fetch_bars`, :meth:`Provider.fetch_range`) owns
 everything else, the same for every provider: the rate budget of the API key (taken before
-every request, so no provider can skip it), one HTTP session per worker thread reused
-across cycles, the per-request deadline and reply-size limit (:mod:`etl.http`), retries
+every request, so no provider can skip it), a bounded pool of HTTP sessions that requests
+check out and return (connections reused across threads and cycles, see :meth:`Provider.close`),
+the per-request deadline and reply-size limit (:mod:`etl.http`), retries
 keyed off the transient/terminal mark of :mod:`errors` within the symbol's retry budget
 (:mod:`etl.retry`), redaction of secrets, pagination guards, and dropping bars that are
 still forming. (The dlt ``rest_client`` pattern: the loop owns the I/O, the strategies
@@ -60,7 +61,8 @@ import threading
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -87,6 +89,11 @@ log = logging.getLogger(__name__)
 #: Most pages one request may be followed through (``Page.next``); the loop stops earlier when a
 #: page brings nothing newer.
 MAX_PAGES = 1000
+
+#: Most idle HTTP clients (requests sessions, each with its keep-alive connections) a provider keeps
+#: for reuse; a client returned beyond it is closed. A fetch only opens a new client when every kept
+#: one is in use, so the number open is bounded by the peak of concurrent requests (the workers).
+MAX_IDLE_CLIENTS = 32
 
 #: Config fields every provider has; the others are the provider's own options.
 _COMMON = ("base_url", "api_key", "rate_limit", "connect_timeout_seconds", "read_timeout_seconds",
@@ -164,6 +171,14 @@ class Provider(ABC):
     default_rate_limit: ClassVar[str | None] = None
     key_required: ClassVar[bool] = False
     key_help: ClassVar[str] = ""
+    #: Most bars one ordinary request (:meth:`latest_request`'s reply, or :meth:`followup`'s) brings
+    #: back from an old watermark; None: any watermark (one request spans from it to now). Pages past
+    #: the first are requests of the symbol's retry budget: do not count on them. See :meth:`latest_reach`.
+    latest_bars: ClassVar[int | None] = None
+    #: Where intraday bars start: ``"clock"`` on multiples of the interval since the Unix epoch (UTC;
+    #: a 60min bar at 09:00, 10:00 ... New York), ``"session"`` from each session's open (09:30,
+    #: 10:30 ...). The coverage ledger expects bars on this grid (:mod:`db.coverage`).
+    bar_grid: ClassVar[str] = "clock"
 
     def __init__(self, config: ProviderConfig | None = None, *, session: requests.Session | None = None,
                  clock: Clock | None = None, sleep=None) -> None:  # fmt: skip
@@ -174,8 +189,10 @@ class Provider(ABC):
         self.clock = clock or SystemClock()
         self.budget: RateBudget | None = None  # set by the wiring (app.py): every request takes it
         self._session = session
-        self._local = threading.local()
-        self._clients: list[HttpClient] = []
+        self._shared: HttpClient | None = None  # the one client around an injected session
+        self._idle: list[HttpClient] = []  # LIFO: the warmest connection first
+        self._clients_open = 0  # created and not yet closed (idle + checked out)
+        self._generation = 0  # bumped by close(): a client checked out before it is closed on return
         self._clients_lock = threading.Lock()
         self._retrier = Retrier(self.config.retry, on_retry=self._on_retry, **({"sleep": sleep} if sleep else {}))
 
@@ -232,6 +249,16 @@ class Provider(ABC):
         """One more request after :meth:`latest_request`'s result (its bars replace the first result's)."""
         return None
 
+    def latest_reach(self, interval: str) -> timedelta | None:
+        """How far back from now one ordinary request surely brings bars, for a watermark older than that.
+
+        None: from any watermark. Default: :attr:`latest_bars` intervals of wall time, exact for a
+        24/7 market and short for one with closed hours (its bars span more time), so a hole is
+        never missed. A series whose watermark is older is backfilled first, with
+        :meth:`fetch_range` (:func:`etl.history.fetch_caught_up`). Providers limited by time override it.
+        """
+        return None if self.latest_bars is None else self.latest_bars * timedelta(seconds=interval_seconds(interval))
+
     # -- the request loop (shared; not overridden) ---------------------------------------------------
 
     def fetch_bars(self, symbol: str, interval: str, *, since: datetime | None = None) -> FetchResult:
@@ -278,8 +305,9 @@ class Provider(ABC):
         def once() -> Page:
             if self.budget is not None:
                 self.budget.acquire()  # waits for the per-second/minute budget; QuotaExhausted when the day's is used
-            reply = self._client().get(request.url, dict(request.params), symbol=request.symbol, headers=request.headers,
-                                       raise_for_status=False)  # fmt: skip
+            with self._lease() as client:
+                reply = client.get(request.url, dict(request.params), symbol=request.symbol, headers=request.headers,
+                                   raise_for_status=False)  # fmt: skip
             if not 200 <= reply.status < 300:
                 err = self.error_for(reply, request) or _status_error(self.name, reply, request.symbol)
                 if isinstance(err, RateLimited) and self.budget is not None and err.retry_after_seconds:
@@ -303,29 +331,66 @@ class Provider(ABC):
         if isinstance(error, RateLimited) and "HTTP 429" not in str(error):
             THROTTLES.labels(self.name).inc()  # a throttle payload (HTTP 429 is counted by the client)
 
-    def _client(self) -> HttpClient:
-        # requests.Session is not documented as thread-safe: one per worker thread, kept across
-        # cycles (connection reuse), unless the caller injected one (tests, single-threaded use).
-        client = getattr(self._local, "client", None)
-        if client is None:
-            cfg = self.config
-            client = HttpClient(
-                self.name, self._session or requests.Session(),
-                connect_timeout_seconds=cfg.connect_timeout_seconds, read_timeout_seconds=cfg.read_timeout_seconds,
-                total_timeout_seconds=cfg.total_timeout_seconds, max_response_bytes=cfg.max_response_bytes,
-            )  # fmt: skip
-            self._local.client = client
+    def _new_client(self, session: requests.Session) -> HttpClient:
+        cfg = self.config
+        return HttpClient(
+            self.name, session,
+            connect_timeout_seconds=cfg.connect_timeout_seconds, read_timeout_seconds=cfg.read_timeout_seconds,
+            total_timeout_seconds=cfg.total_timeout_seconds, max_response_bytes=cfg.max_response_bytes,
+        )  # fmt: skip
+
+    @contextmanager
+    def _lease(self) -> Iterator[HttpClient]:
+        """Check an HTTP client out for one request and give it back.
+
+        requests.Session is not documented as thread-safe, so a client serves one request at a
+        time. Clients are not tied to threads: the pipeline makes new fetch threads every cycle,
+        and per-thread sessions were never closed (about 8 sockets leaked a cycle). Idle clients
+        wait in a LIFO list of at most :data:`MAX_IDLE_CLIENTS`; extra ones are closed on return.
+        An injected session (tests, single-threaded use) is shared as is and never closed here.
+        """
+        if self._session is not None:
             with self._clients_lock:
-                self._clients.append(client)
-        return client
+                if self._shared is None:
+                    self._shared = self._new_client(self._session)
+            yield self._shared
+            return
+        with self._clients_lock:
+            client = self._idle.pop() if self._idle else None
+            generation = self._generation
+            if client is None:
+                self._clients_open += 1
+        if client is None:
+            client = self._new_client(requests.Session())
+        try:
+            yield client
+        finally:
+            with self._clients_lock:
+                keep = generation == self._generation and len(self._idle) < MAX_IDLE_CLIENTS
+                if keep:
+                    self._idle.append(client)
+                else:
+                    self._clients_open -= 1
+            if not keep:
+                client.session.close()
+
+    def http_clients(self) -> dict[str, int]:
+        """How many HTTP clients are ``open`` (idle + in use) and ``idle`` (each keeps its connections)."""
+        with self._clients_lock:
+            return {"open": self._clients_open, "idle": len(self._idle)}
 
     def close(self) -> None:
-        """Release the HTTP sessions (and any server or thread) the provider owns."""
-        if self._session is None:
-            with self._clients_lock:
-                for client in self._clients:
-                    client.session.close()
-                self._clients.clear()
+        """Release the HTTP sessions (and any server or thread) the provider owns.
+
+        Idle clients are closed now; a client still serving a request is closed when it returns.
+        The provider stays usable: a later request opens a new client.
+        """
+        with self._clients_lock:
+            idle, self._idle = self._idle, []
+            self._clients_open -= len(idle)
+            self._generation += 1
+        for client in idle:
+            client.session.close()
 
     def __enter__(self) -> Provider:
         return self
