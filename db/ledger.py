@@ -1,7 +1,9 @@
 """The ``etl_runs`` ledger: one row per cycle, honest at every instant.
 
 - :meth:`RunLedger.start` inserts the row as ``running`` with the ``host`` and ``pid`` of
-  the process that runs it.
+  the process that runs it. A named job's fire passes its slot (``scheduled_for``): the insert
+  is then the slot's claim, fenced by the unique index on ``(job_name, scheduled_for)``; whoever
+  inserts second gets no row (``None``) and must not run the cycle (see :func:`claim_statement`).
 - While the cycle loads, each load transaction adds its own counts to the row *inside the
   same transaction* (:data:`CREDIT_SQL`, run by :mod:`etl.load`): a cycle killed with
   ``kill -9`` leaves a row whose counts are exactly what had committed.
@@ -23,20 +25,23 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from db.engine import translate_db_errors
-from db.tables import etl_runs
+from db.tables import cluster_chunks, etl_runs
 from models.run import CycleResult
 
-__all__ = ["RunLedger", "CREDIT_SQL", "credit_statement", "HOST", "BACKLOG_MAX"]
+__all__ = ["RunLedger", "CREDIT_SQL", "credit_statement", "HOST", "NODE", "BACKLOG_MAX", "slot_of", "claim_statement"]
 
 log = logging.getLogger(__name__)
 
 #: This machine's name, stored next to the pid (a pid means nothing on another host).
 HOST = socket.gethostname()
+#: This process as a node of a cluster, ``host:pid`` (``etl_runs.node``, ``cluster_nodes.node``).
+NODE = f"{HOST}:{os.getpid()}"
 #: Cycles kept in memory while the database is down, to be recorded when it returns.
 BACKLOG_MAX = 1000
 
@@ -58,6 +63,26 @@ def credit_statement(run_id: int, *, symbols: int, fetched: int, loaded: int, re
     )  # fmt: skip
 
 
+def slot_of(fire_time: datetime) -> datetime:
+    """A job's fire slot: APScheduler's scheduled fire time in UTC, cut to the whole second.
+
+    Every node computes the same fire times from the calendar (not from its own ``now``), so
+    nodes whose clocks are a little out of step still name a slot alike. Job intervals are at
+    least 1 s, so two fires never share a slot.
+    """
+    return fire_time.astimezone(UTC).replace(microsecond=0)
+
+
+def claim_statement(dialect: str, values: dict) -> sa.Insert:
+    """``INSERT INTO etl_runs ... ON CONFLICT DO NOTHING RETURNING id``: yields no row when the slot
+    (``values["job_name"]``, ``values["scheduled_for"]``) is already taken by another run.
+
+    ``dialect`` is ``"postgresql"`` or ``"sqlite"`` (both have the conflict clause and the partial index).
+    """
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(etl_runs).values(**values).on_conflict_do_nothing().returning(etl_runs.c.id)
+
+
 class RunLedger:
     """Writes cycles to ``etl_runs``. ``redact`` cleans error text before it is stored. Thread-safe."""
 
@@ -70,28 +95,51 @@ class RunLedger:
 
     # -- one cycle ------------------------------------------------------------------------
 
-    def start(self, cycle: CycleResult, *, interval: str, symbols_requested: int) -> int:
+    def start(self, cycle: CycleResult, *, interval: str, symbols_requested: int,
+              scheduled_for: datetime | None = None) -> int | None:  # fmt: skip
         """Insert the cycle's row as ``running``; sets and returns ``cycle.run_id``. Raises :class:`~errors.LoadError`.
 
-        A successful start first records the cycles kept while the database was down.
+        With ``scheduled_for`` (a named job's fire time, UTC) the row claims that slot for this
+        node: if another run already holds it, nothing is written and None is returned (the
+        caller skips the cycle). A successful start first records the cycles kept while the database was down.
         """
+        values = self.row_values(cycle, interval=interval, symbols_requested=symbols_requested, scheduled_for=scheduled_for)
         with translate_db_errors("writing etl_runs"), self.engine.begin() as conn:
-            run_id = conn.execute(
-                etl_runs.insert()
-                .values(job_name=cycle.job_name, provider=cycle.provider, interval=interval, started_at=cycle.started_at,
-                        status=cycle.status.value, symbols_requested=symbols_requested, pid=os.getpid(), host=HOST)
-                .returning(etl_runs.c.id)
-            ).scalar_one()  # fmt: skip
+            if scheduled_for is None:
+                run_id = conn.execute(etl_runs.insert().values(**values).returning(etl_runs.c.id)).scalar_one()
+            else:
+                run_id = conn.execute(claim_statement(self.engine.dialect.name, values)).scalar()
+                if run_id is None:
+                    return None
         cycle.run_id = run_id
         cycle.interval = interval
         cycle.symbols_requested = symbols_requested
         self.flush_backlog()
         return run_id
 
+    @staticmethod
+    def row_values(cycle: CycleResult, *, interval: str, symbols_requested: int,
+                   scheduled_for: datetime | None = None) -> dict:  # fmt: skip
+        """The new ``running`` row of ``cycle`` (with its slot and this node when ``scheduled_for`` is given)."""
+        values = dict(job_name=cycle.job_name, provider=cycle.provider, interval=interval, started_at=cycle.started_at,
+                      status=cycle.status.value, symbols_requested=symbols_requested, pid=os.getpid(), host=HOST)  # fmt: skip
+        if scheduled_for is not None:
+            values.update(scheduled_for=slot_of(scheduled_for), node=NODE)
+        return values
+
     def finish(self, cycle: CycleResult) -> None:
         """Write the cycle's final status and totals (its row must exist: :meth:`start` first). Raises LoadError."""
         with translate_db_errors("writing etl_runs"), self.engine.begin() as conn:
             conn.execute(etl_runs.update().where(etl_runs.c.id == cycle.run_id).values(**self._final_values(cycle)))
+
+    def final_values(self, cycle: CycleResult, *, keep_credited_rows: bool = False) -> dict:
+        """The columns :meth:`finish` writes. ``keep_credited_rows``: leave ``rows_loaded`` as the load
+        transactions credited it (a clustered cycle whose chunk was retried after its node died: the
+        first attempt's committed rows count once, the retry's unchanged rows not again)."""
+        values = self._final_values(cycle)
+        if keep_credited_rows:
+            del values["rows_loaded"]
+        return values
 
     def _final_values(self, cycle: CycleResult) -> dict:
         failed = cycle.failed
@@ -156,7 +204,9 @@ class RunLedger:
         own_pid = os.getpid() if own_pid is None else own_pid
         c = etl_runs.c
         with translate_db_errors("reading etl_runs"), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(c.id, c.pid).where(c.status == "running", c.host == HOST)).all()
+            rows = conn.execute(sa.select(c.id, c.pid).where(c.status == "running", c.host == HOST,
+                                                             # a cluster's cycle lives on in its chunks, on other nodes
+                                                             c.id.not_in(sa.select(cluster_chunks.c.run_id)))).all()  # fmt: skip
         dead = [rid for rid, pid in rows if pid is None or pid == own_pid or not alive(pid)]
         if not dead:
             return 0

@@ -8,6 +8,7 @@
 - ``rejected_bars``: the audit trail of records that never became bars (raw timestamp, reason, excerpt).
 - ``corporate_actions``: splits and dividends per (provider, symbol, ex_date, kind).
 - ``series_preference``: which provider is a series' primary (rank 0) when a fallback serves it too.
+- ``alert_rules`` / ``alert_events``: alert rules (``alerts/``) and every firing with its delivery status.
 - ``latest_bars`` (view): the newest bar per (provider, symbol, interval).
 - ``bars_preferred`` (view): one row per (symbol, interval, ts), the preferred provider's.
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "corporate_actions", "series_preference",
-           "backfill_chunks", "no_data_ranges", "coverage", "latest_bars", "BAR_KEY", "BAR_VALUES"]  # fmt: skip
+           "cluster_nodes", "cluster_chunks", "backfill_chunks", "no_data_ranges", "coverage", "latest_bars", "BAR_KEY",
+           "BAR_VALUES", "alert_rules", "alert_events"]  # fmt: skip
 
 metadata = sa.MetaData()
 
@@ -61,6 +63,48 @@ etl_runs = sa.Table(
     sa.Column("pid", sa.Integer),
     sa.Column("host", sa.Text),
     sa.Column("served_by", sa.Text),  # "SYMBOL=provider ..." for the symbols a fallback provider served
+    sa.Column("scheduled_for", sa.DateTime(timezone=True)),  # a named job's fire slot (UTC): one run per slot
+    sa.Column("node", sa.Text),  # host:pid of the node that claimed the slot
+    sa.Index(
+        "etl_runs_one_run_per_slot",
+        "job_name",
+        "scheduled_for",
+        unique=True,
+        postgresql_where=sa.text("scheduled_for IS NOT NULL"),
+        sqlite_where=sa.text("scheduled_for IS NOT NULL"),
+    ),
+)
+
+#: nodes of a cluster (``--run-scheduled-jobs --cluster``, ``--worker``): one row each, ``last_seen`` beats (UTC)
+cluster_nodes = sa.Table(
+    "cluster_nodes",
+    metadata,
+    sa.Column("node", sa.Text, primary_key=True),  # host:pid
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.Text, nullable=False),  # 'scheduler' or 'worker'
+    sa.Column("workers", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("stopped_at", sa.DateTime(timezone=True)),
+)
+
+#: a clustered cycle's symbol chunks (see scheduler/cluster.py); ``run_id`` is its ``etl_runs.id``
+cluster_chunks = sa.Table(
+    "cluster_chunks",
+    metadata,
+    sa.Column("run_id", sa.Integer, primary_key=True),
+    sa.Column("chunk_no", sa.Integer, primary_key=True),
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("symbols", sa.Text, nullable=False),  # space-separated
+    sa.Column("status", sa.Text, nullable=False),  # queued, doing, done
+    sa.Column("node", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("job_id", sa.BigInteger),
+    sa.Column("outcomes", sa.JSON),
+    sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
 )
 
 corporate_actions = sa.Table(
@@ -161,4 +205,45 @@ coverage = sa.Table(
     sa.Column("missing", sa.Integer, nullable=False),
     sa.Column("first_missing", sa.DateTime(timezone=True)),
     sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: alert rules (``--add-alert``, see alerts/base.py Rule); ``webhook`` holds a token: never shown whole
+alert_rules = sa.Table(
+    "alert_rules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # condition | stale | error_rate
+    sa.Column("condition", sa.Text),
+    sa.Column("subject", sa.Text),
+    sa.Column("threshold", sa.Float),
+    sa.Column("exchange", sa.Text),
+    sa.Column("sessions", sa.Text),
+    sa.Column("webhook", sa.Text),
+    sa.Column("email", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("name", name="alert_rules_name_key"),
+    sa.CheckConstraint("kind IN ('condition', 'stale', 'error_rate')", name="alert_rules_kind_check"),
+)
+
+#: every firing of an alert rule and its delivery (``fired_at``/``cleared_at``/``delivered_at`` UTC)
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("rule_id", sa.Integer, nullable=False),
+    sa.Column("rule_name", sa.Text, nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("value", sa.Numeric),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("cleared_at", sa.DateTime(timezone=True)),
+    sa.Column("delivery_status", sa.Text, nullable=False),  # pending | delivered | failed | dropped
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(
+        "delivery_status IN ('pending', 'delivered', 'failed', 'dropped')", name="alert_events_delivery_status_check"
+    ),
+    sa.Index("alert_events_rule_subject", "rule_id", "subject", "id"),
 )

@@ -8,6 +8,12 @@
 - ``marketpoll_retries_total{provider}``: retried requests.
 - ``marketpoll_data_freshness_seconds{job}``: seconds since the newest bar the job has loaded
   started, computed at scrape time; ``marketpoll_last_success_timestamp_seconds{job}``.
+- ``marketpoll_missing_bars{job}``: bars missing from a named job's series over its recent session
+  dates (the coverage ledger, checked after each of its cycles: :mod:`reports.coverage_status`).
+- Cluster (``--cluster``, ``--worker``; scheduler/cluster.py): ``marketpoll_queue_depth{queue,status}``
+  (chunks ``todo`` or ``doing`` per provider queue, refreshed at each node heartbeat),
+  ``marketpoll_stalled_chunk_retries_total{queue}`` (chunks of dead nodes this node put back in
+  the queue), ``marketpoll_slot_claim_seconds`` (histogram: claiming a slot and recording its chunks).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 __all__ = ["REGISTRY", "CYCLES", "ROWS_LOADED", "ROWS_REJECTED", "REQUEST_SECONDS", "THROTTLES", "RETRIES",
-           "LAST_SUCCESS", "observe_cycle"]  # fmt: skip
+           "LAST_SUCCESS", "MISSING_BARS", "observe_cycle",
+           "QUEUE_DEPTH", "STALLED_RETRIES", "SLOT_CLAIM_SECONDS"]  # fmt: skip
 
 #: marketpoll's own registry (the API serves it; tests read it without global state from other libraries).
 REGISTRY = CollectorRegistry()
@@ -35,6 +42,14 @@ THROTTLES = Counter("marketpoll_throttles", "Throttled provider requests", ["pro
 RETRIES = Counter("marketpoll_retries", "Retried provider requests", ["provider"], registry=REGISTRY)
 LAST_SUCCESS = Gauge("marketpoll_last_success_timestamp_seconds", "Start of the job's last succeeded cycle (Unix s)",
                      ["job"], registry=REGISTRY)  # fmt: skip
+MISSING_BARS = Gauge("marketpoll_missing_bars", "Bars missing from the job's series over its recent session dates",
+                     ["job"], registry=REGISTRY)  # fmt: skip
+QUEUE_DEPTH = Gauge("marketpoll_queue_depth", "Cluster chunks waiting (todo) or running (doing) per provider queue",
+                    ["queue", "status"], registry=REGISTRY)  # fmt: skip
+STALLED_RETRIES = Counter("marketpoll_stalled_chunk_retries", "Chunks of dead nodes put back in the queue by this node",
+                          ["queue"], registry=REGISTRY)  # fmt: skip
+SLOT_CLAIM_SECONDS = Histogram("marketpoll_slot_claim_seconds", "Claiming a job's fire slot and recording its chunks",
+                               registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5))  # fmt: skip
 
 _newest: dict[str, float] = {}
 _lock = threading.Lock()

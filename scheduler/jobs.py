@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.base import run_job as _aps_run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -41,6 +42,41 @@ log = logging.getLogger(__name__)
 
 #: CLI flag -> session of the named job.
 JOB_SESSIONS = {"market": Session.REGULAR, "pre_market": Session.PRE, "after_hours": Session.POST}
+
+#: The fire (APScheduler's scheduled run time, UTC) that the job function on this thread runs.
+_fire = threading.local()
+
+
+def _run_at_fire(run, job, jobstore_alias, run_times, logger_name):
+    """APScheduler's ``run_job``, telling the job function which fire it runs: the last of ``run_times``
+    (jobs coalesce, so there is one). The slot claim keys on it, never on the node's ``now``."""
+    _fire.time = run_times[-1]
+    try:
+        return run(job, jobstore_alias, run_times, logger_name)
+    finally:
+        _fire.time = None
+
+
+class _FirePool:
+    """Wraps the executor's thread pool so each submitted run goes through :func:`_run_at_fire`."""
+
+    def __init__(self, pool) -> None:
+        self._pool = pool
+
+    def submit(self, run, *args):
+        assert run is _aps_run_job, run
+        return self._pool.submit(_run_at_fire, run, *args)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait)
+
+
+class _FireExecutor(ThreadPoolExecutor):
+    """APScheduler's thread pool executor whose job functions can read their scheduled fire time."""
+
+    def __init__(self, max_workers: int) -> None:
+        super().__init__(max_workers)
+        self._pool = _FirePool(self._pool)
 
 
 class SessionTrigger(BaseTrigger):
@@ -126,7 +162,11 @@ class MarketScheduler:
         calendars: Calendars | None = None,
         clock: Clock | None = None,
         max_concurrent_jobs: int = 4,
+        dispatch: Callable[[JobDefinition, datetime | None], None] | None = None,
     ) -> None:
+        """``dispatch(job, fire_time)``, when given (a cluster node: :meth:`scheduler.cluster.ClusterNode.dispatch`),
+        claims a fire's slot and hands its symbols to the cluster's workers instead of running the cycle here."""
+        self.dispatch = dispatch
         self.store = store
         self.pipeline_for = pipeline_for
         self.calendars = calendars or Calendars()
@@ -222,21 +262,31 @@ class MarketScheduler:
         job = self._loaded.get(name)
         if self._scheduler is None or job is None or job.paused:
             return False
-        self._scheduler.add_job(self.run_job, args=[name], id=f"{name}:now", name=f"{name} (run now)", replace_existing=True)
+        self._scheduler.add_job(self.run_job, args=[name], kwargs={"scheduled": False}, id=f"{name}:now",
+                                name=f"{name} (run now)", replace_existing=True)  # fmt: skip
         return True
 
-    def run_job(self, name: str) -> None:
-        """One ETL cycle of job ``name`` (its etl_runs row carries the job's name)."""
+    def run_job(self, name: str, *, scheduled: bool = True) -> None:
+        """One ETL cycle of job ``name`` (its etl_runs row carries the job's name).
+
+        A scheduled fire first claims its slot (job name, APScheduler's fire time cut to the second) in
+        ``etl_runs``: when several processes or nodes run the same jobs on one database, exactly one
+        runs each slot, the others skip it (logged at DEBUG). ``scheduled=False`` (run now) claims none.
+        """
         job = self._loaded.get(name)
         if job is None:
             return
+        fire_time = getattr(_fire, "time", None) if scheduled else None
         try:
             pipeline = self.pipeline_for(job.provider, job.fallback_provider)
             budget = pipeline.provider.budget
             if budget is not None and budget.exhausted_until() is not None and pipeline.fallback is None:
                 log.debug("job %s skipped: %s is paused until its daily quota resets", name, job.provider)
                 return
-            pipeline.run_cycle(job.symbols, job.bar_interval, job_name=job.name)
+            if self.dispatch is not None:
+                self.dispatch(job, fire_time)
+            else:
+                pipeline.run_cycle(job.symbols, job.bar_interval, job_name=job.name, scheduled_for=fire_time)
         except MarketpollError as exc:  # a bad provider setting: report, keep the scheduler alive
             log.error("job %s could not run: %s", job.name, exc)
 
@@ -306,7 +356,7 @@ class MarketScheduler:
 
     def run(self, stop: threading.Event, *, sync_seconds: float = 2.0, on_tick: Callable[[], None] | None = None) -> None:
         """Run jobs until ``stop`` is set; then start no new cycle and wait for running ones."""
-        self._scheduler = BackgroundScheduler(timezone=UTC, executors={"default": ThreadPoolExecutor(self.max_concurrent_jobs)})
+        self._scheduler = BackgroundScheduler(timezone=UTC, executors={"default": _FireExecutor(self.max_concurrent_jobs)})
         self._scheduler.add_listener(self._missed, EVENT_JOB_MISSED)
         self._scheduler.start()
         log.info("scheduler running; re-reading scheduled_jobs every %gs", sync_seconds)
