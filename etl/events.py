@@ -8,13 +8,44 @@ A listener must be quick and must not raise; the pipeline logs and swallows what
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Protocol
 
 from models.bar import Bar
 from models.run import CycleResult
 
-__all__ = ["LoadEvent", "PipelineListener", "MetricsListener"]
+__all__ = ["LoadEvent", "PipelineListener", "MetricsListener", "BARS_CHANNEL", "PAYLOAD_MAX_BYTES", "bar_payload",
+           "payload_json"]  # fmt: skip
+
+#: The PostgreSQL channel of committed loads: ``LISTEN marketpoll_bars;`` (one NOTIFY per series changed).
+BARS_CHANNEL = "marketpoll_bars"
+#: A payload's JSON is at most this many bytes (PostgreSQL's limit is 8,000).
+PAYLOAD_MAX_BYTES = 7_900
+
+
+def bar_payload(bar: Bar, rows: int) -> dict:
+    """The event of a series that changed in a committed load: its newest bar and the rows written.
+
+    ``{"provider", "symbol", "interval", "ts", "open", "high", "low", "close", "volume", "rows"}``:
+    ``ts`` the bar's start, ISO 8601 in UTC ending in ``Z``; values the decimal text as stored
+    (``volume`` may be None); ``rows`` the rows inserted or changed in the series by that transaction.
+    The same shape on PostgreSQL (NOTIFY) and SQLite (the in-process bus).
+    """
+    ts = bar.ts.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return {"provider": bar.provider, "symbol": bar.symbol, "interval": bar.interval, "ts": ts, "open": bar.open,
+            "high": bar.high, "low": bar.low, "close": bar.close, "volume": bar.volume, "rows": rows}  # fmt: skip
+
+
+def payload_json(bar: Bar, rows: int) -> str:
+    """:func:`bar_payload` as compact JSON of at most :data:`PAYLOAD_MAX_BYTES` bytes (values too long
+    to fit, which validation lets through in theory only, are sent as null)."""
+    payload = bar_payload(bar, rows)
+    text = json.dumps(payload, separators=(",", ":"))
+    if len(text.encode()) > PAYLOAD_MAX_BYTES:
+        text = json.dumps({**payload, **dict.fromkeys(("open", "high", "low", "close", "volume"))}, separators=(",", ":"))
+    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,14 @@ built for that case, and nothing in it costs more as the history grows or depend
   staging table and diffed against ``bars`` with ``EXCEPT`` (:data:`_MERGE`). The ledger credits
   and ``COMMIT`` travel in one round trip (:class:`_Tx`).
 
+Every path that writes rows also sends, in the same transaction and round trip as its last
+statement (before ``COMMIT``), one ``NOTIFY marketpoll_bars`` per series changed
+(:func:`_notify_statements`; payload: :func:`etl.events.bar_payload`), so listeners hear of a
+load only once it committed. A load that writes nothing notifies nothing.
+
 Values travel as the provider's decimal text; duplicate keys are removed first (the
-last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``.
+last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``; their
+events go through the in-process bus (:mod:`etl.events` listeners) instead.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from db.ledger import CREDIT_SQL, credit_statement
 from db.queries import SERIES_STATE_SQL
 from db.tables import BAR_KEY, BAR_VALUES, bars
 from errors import ConfigError, LoadError
+from etl.events import BARS_CHANNEL, payload_json
 from etl.transform import dedupe_bars
 from models.bar import Bar
 
@@ -83,15 +90,17 @@ MEMORY_VERIFY_EVERY = 20
 KEEP_CONNECTION_SECONDS = 2.0
 
 # SQL below is built from these module constants only: no user input reaches it.
-_COLS = BAR_KEY + BAR_VALUES
+#: The stored values of a Bar, in its field order (``bar[4:]``): ``adj_close`` (nullable) is the last.
+_VALUES = (*BAR_VALUES, "adj_close")
+_COLS = BAR_KEY + _VALUES
 _COL_LIST = ", ".join(f'"{c}"' for c in _COLS)
 _STAGE = "mp_stage_bars"
 _CREATE_STAGE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (provider text, symbol text, interval text, ts timestamptz, "
-    "open numeric, high numeric, low numeric, close numeric, volume numeric) ON COMMIT DELETE ROWS"
+    "open numeric, high numeric, low numeric, close numeric, volume numeric, adj_close numeric) ON COMMIT DELETE ROWS"
 )
-_CHANGED = f"({', '.join('b.' + v for v in BAR_VALUES)}) IS DISTINCT FROM ({', '.join('EXCLUDED.' + v for v in BAR_VALUES)})"
-_SET = ", ".join(f"{v} = EXCLUDED.{v}" for v in BAR_VALUES) + ", ingested_at = now()"
+_CHANGED = f"({', '.join('b.' + v for v in _VALUES)}) IS DISTINCT FROM ({', '.join('EXCLUDED.' + v for v in _VALUES)})"
+_SET = ", ".join(f"{v} = EXCLUDED.{v}" for v in _VALUES) + ", ingested_at = now()"
 #: The diff of the staged bars against ``bars``; one row per series written: (provider, symbol, interval, rows).
 #: ``bars`` is read only by primary-key range scans, one per staged series (``OFFSET 0`` keeps the
 #: LATERAL subquery from being pulled up into a join the planner could hash); ``EXCEPT`` compares
@@ -118,7 +127,7 @@ SELECT provider, symbol, interval, count(*) FROM w GROUP BY provider, symbol, in
 _UPSERT_ROWS = f"""
 INSERT INTO bars AS b ({_COL_LIST})
 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::numeric[],
-                     %s::numeric[], %s::numeric[])
+                     %s::numeric[], %s::numeric[], %s::numeric[])
 ON CONFLICT ({", ".join(BAR_KEY)}) DO UPDATE SET {_SET} WHERE {_CHANGED}
 """  # noqa: S608
 #: The same for a few rows sent inline as arrays (one round trip instead of COPY + statement);
@@ -168,11 +177,11 @@ def _credits_by_run(credits: Sequence[Credit | None], counts: Sequence[int]) -> 
 
 
 def copy_text(rows: Sequence[Bar]) -> str:
-    """PostgreSQL COPY text format for ``rows`` (columns in ``BAR_KEY + BAR_VALUES`` order).
+    """PostgreSQL COPY text format for ``rows`` (columns in ``BAR_KEY + BAR_VALUES + ("adj_close",)`` order).
 
     Fields are written as they are: symbols and provider names are validated to hold no
     tabs, newlines or backslashes (:data:`models.SYMBOL_RE`), values are validated decimal text;
-    a volume of None is written as ``\\N`` (NULL).
+    a volume or adjusted close of None is written as ``\\N`` (NULL).
     """
     ts_text: dict[datetime, str] = {}
     out = []
@@ -182,7 +191,8 @@ def copy_text(rows: Sequence[Bar]) -> str:
         if t is None:
             t = ts_text[b.ts] = b.ts.isoformat()
         v = b.volume if b.volume is not None else "\\N"  # no volume (an index): NULL
-        append(f"{b.provider}\t{b.symbol}\t{b.interval}\t{t}\t{b.open}\t{b.high}\t{b.low}\t{b.close}\t{v}\n")
+        a = b.adj_close if b.adj_close is not None else "\\N"  # no adjusted close sent: NULL
+        append(f"{b.provider}\t{b.symbol}\t{b.interval}\t{t}\t{b.open}\t{b.high}\t{b.low}\t{b.close}\t{v}\t{a}\n")
     return "".join(out)
 
 
@@ -290,8 +300,8 @@ class SeriesMemory:
     """Per series, the newest bars a loader committed: a re-fetched bar found here unchanged is not sent.
 
     Bounded: at most ``max_series`` series (least recently loaded forgotten first) and the newest
-    ``bars_per_series`` bars of each, kept as 64-bit fingerprints (``hash`` of ``ts`` and the five
-    values' text; 8 bytes a bar). Filled only after a commit, with what that commit left in the
+    ``bars_per_series`` bars of each, kept as 64-bit fingerprints (``hash`` of ``ts`` and the
+    values' text, ``adj_close`` included; 8 bytes a bar). Filled only after a commit, with what that commit left in the
     database; a load that fails or rolls back forgets every series it touched. Thread-safe: when
     two loads of the same series overlap (two jobs of one process), each forgets the series at its end.
 
@@ -389,6 +399,23 @@ class SeriesMemory:
     def _phase(self, series: Series) -> int:
         """Uses a freshly diffed entry starts at, fixed per series: spreads the series' re-checks over cycles."""
         return zlib.crc32("\x1f".join(series).encode()) % (self.verify_every // 2 + 1)
+
+
+#: One NOTIFY per series changed, all in one statement (see :func:`_notify_statements`).
+_NOTIFY = f"SELECT pg_notify('{BARS_CHANNEL}', p) FROM unnest(%s::text[]) AS p"  # noqa: S608 - a module constant
+
+
+def _notify_statements(cur, by_series: dict[Series, list[Bar]], span: dict, written: Counter[Series]) -> list[str]:
+    """``NOTIFY marketpoll_bars`` of each series that ``written`` says changed (:func:`etl.events.payload_json`
+    of its newest bar in the load), as literal SQL sent in the load's transaction, before ``COMMIT``: listeners
+    hear of it only once it committed, and never of a load rolled back. None when nothing was written."""
+    payloads = []
+    for s, batch in by_series.items():
+        if written[s] > 0:
+            newest = span[s][1]
+            bar = next(b for b in reversed(batch) if b.ts == newest)
+            payloads.append(payload_json(bar, written[s]))
+    return [cur.mogrify(_NOTIFY, (payloads,)).decode()] if payloads else []
 
 
 def _by_series(rows: Sequence[Bar]) -> tuple[dict[Series, list[Bar]], dict[Series, tuple[datetime, datetime]]]:
@@ -502,8 +529,9 @@ class PostgresBarLoader(BarLoader):
 
             def credited(written: Counter[Series]) -> tuple[list[int], list[str]]:
                 counts = [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
-                return counts, [cur.mogrify(CREDIT_SQL, {"run_id": run_id, **t}).decode()
-                                for run_id, t in _credits_by_run(credits, counts).items()]  # fmt: skip
+                return counts, [*(cur.mogrify(CREDIT_SQL, {"run_id": run_id, **t}).decode()
+                                  for run_id, t in _credits_by_run(credits, counts).items()),
+                                *_notify_statements(cur, by_series, span, written)]  # fmt: skip
 
             plan = self._plan_remembered(by_series, span, trusted) if rows else None
             if plan is not None:  # the steady state: one round trip, checked by the database
@@ -586,13 +614,14 @@ class PostgresBarLoader(BarLoader):
                                       [span[s][1] if r else None for s, r in zip(series, reads, strict=True)],
                                       list(cap.values())))  # fmt: skip
         marks: dict[Series, int | None] = {}
-        stored: dict[Series, dict[int, tuple]] = {}
+        stored: dict[Series, dict[str, str]] = {}
         for ord_, mark, text in tx.cur.fetchall():
             s = series[ord_ - 1]
             marks[s] = mark
-            if text is not None:  # "ts_us open high low close [volume]" lines: a NULL volume is left out
-                lines = (line.split(" ") for line in text.split("\n"))
-                stored[s] = {int(f[0]): (*f[1:], None) if len(f) == 5 else tuple(f[1:]) for f in lines}
+            if text is not None:  # "ts_us open high low close volume adj_close" lines: a NULL is an empty field
+                # kept as text, "ts_us" -> "open high low close volume adj_close": numeric text holds no space, so
+                # a bar whose values joined the same way give that text has those values, field by field
+                stored[s] = dict(line.split(" ", 1) for line in text.split("\n"))
         fresh, changed, entries = [], [], {}
         appended: Counter[Series] = Counter()
         paths = Counter()
@@ -624,7 +653,9 @@ class PostgresBarLoader(BarLoader):
                         appended[s] += 1
                     elif f in known:
                         hits += 1
-                    elif old is not None and old.get((b.ts - _EPOCH) // _MICROSECOND) == b[4:]:
+                    elif old is not None and old.get(str((b.ts - _EPOCH) // _MICROSECOND)) == (
+                        f"{b[4]} {b[5]} {b[6]} {b[7]} {'' if b[8] is None else b[8]} {'' if b[9] is None else b[9]}"
+                    ):
                         same += 1
                     else:
                         changed.append(b)
@@ -665,8 +696,8 @@ class SqlAlchemyBarLoader(BarLoader):
         excluded = stmt.excluded
         self._stmt = stmt.on_conflict_do_update(
             index_elements=list(BAR_KEY),
-            set_={**{v: excluded[v] for v in BAR_VALUES}, "ingested_at": sa.func.now()},
-            where=sa.or_(*(bars.c[v].is_distinct_from(excluded[v]) for v in BAR_VALUES)),
+            set_={**{v: excluded[v] for v in _VALUES}, "ingested_at": sa.func.now()},
+            where=sa.or_(*(bars.c[v].is_distinct_from(excluded[v]) for v in _VALUES)),
         )
 
     def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
@@ -687,7 +718,7 @@ class SqlAlchemyBarLoader(BarLoader):
 def _params(b: Bar) -> dict:
     return {
         "provider": b.provider, "symbol": b.symbol, "interval": b.interval, "ts": b.ts,
-        "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume,
+        "open": b.open, "high": b.high, "low": b.low, "close": b.close, "volume": b.volume, "adj_close": b.adj_close,
     }  # fmt: skip
 
 

@@ -44,6 +44,7 @@ from db.queries import watermarks
 from db.rejects import RejectStore
 from errors import ConfigError, LoadError, MarketpollError, QuotaExhausted
 from etl.events import LoadEvent, MetricsListener, PipelineListener
+from etl.history import fetch_caught_up
 from etl.load import BarLoader, Credit
 from etl.providers.base import Provider
 from etl.retry import RetryBudget, human_seconds, retry_budget
@@ -134,8 +135,13 @@ class EtlPipeline:
     def run_cycle(
         self, symbols: Sequence[str], interval: str, *, job_name: str, retry_passes: int | None = None,
         batch_size: int | None = None, window: tuple[datetime, datetime] | None = None,
-    ) -> CycleResult:  # fmt: skip
+        scheduled_for: datetime | None = None,
+    ) -> CycleResult | None:  # fmt: skip
         """Fetch, validate and load every symbol. Never raises for a symbol's failure.
+
+        ``scheduled_for`` (a named job's fire time, UTC): the cycle first claims that slot in
+        ``etl_runs`` (see :meth:`db.ledger.RunLedger.start`); if another process or node holds it,
+        nothing runs and None is returned.
 
         After the first pass, symbols that failed with a transient error (throttled, a
         timeout, a dropped database connection) get up to ``retry_passes`` more passes, as far
@@ -152,7 +158,9 @@ class EtlPipeline:
         cycle = CycleResult(job_name=job_name, provider=self.provider.name, started_at=self.clock.now(),
                             interval=interval, symbols_requested=len(symbols))  # fmt: skip
         try:
-            self.ledger.start(cycle, interval=interval, symbols_requested=len(symbols))
+            if self.ledger.start(cycle, interval=interval, symbols_requested=len(symbols), scheduled_for=scheduled_for) is None:
+                log.debug("job %s: slot %s already claimed elsewhere: skipped", job_name, scheduled_for)
+                return None
         except LoadError as exc:
             cycle.error = self.redact(f"database unavailable, nothing fetched: {exc}")
             cycle.settle(self.clock.now())
@@ -160,12 +168,38 @@ class EtlPipeline:
             log.error("cycle %s: %s (kept to be recorded when the database returns)", job_name, cycle.error)
             self._tell_cycle(cycle)
             return cycle
+        cycle.outcomes, cycle.error = self.run_symbols(symbols, interval, run_id=cycle.run_id, job_name=job_name,
+                                                       retry_passes=retry_passes, batch_size=batch_size, window=window,
+                                                       t0=t0)  # fmt: skip
+        cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
+        try:
+            self.ledger.finish(cycle)
+        except LoadError as exc:
+            self.ledger.defer(cycle)
+            log.error("cycle %s: could not record its end (%s); kept to be recorded when the database returns",
+                      job_name, self.redact(str(exc)))  # fmt: skip
+        self.report_cycle(cycle, time.monotonic() - t0)
+        return cycle
+
+    def run_symbols(
+        self, symbols: Sequence[str], interval: str, *, run_id: int | None, job_name: str, retry_passes: int | None = None,
+        batch_size: int | None = None, window: tuple[datetime, datetime] | None = None, t0: float | None = None,
+    ) -> tuple[list[SymbolOutcome], str | None]:  # fmt: skip
+        """The body of a cycle whose ``etl_runs`` row (``run_id``) exists: fetch, validate and load
+        ``symbols`` with the retry passes; each load credits the row. Returns the outcomes in
+        ``symbols`` order (a symbol left undone by a shutdown has none) and a cycle-wide error (the
+        provider is paused on its daily quota) or None. A clustered cycle's chunk runs this on a worker.
+        """
+        retry_passes = self.retry_passes if retry_passes is None else retry_passes
+        batch_size = self.batch_size if batch_size is None else batch_size
+        t0 = time.monotonic() if t0 is None else t0
+        error = None
         paused_until = self.provider.budget.exhausted_until() if self.provider.budget else None
         todo = list(symbols)
-        st = _CycleState(job_name, run_id=cycle.run_id, paused=paused_until is not None and self.fallback is not None,
+        st = _CycleState(job_name, run_id=run_id, paused=paused_until is not None and self.fallback is not None,
                          window=window)  # fmt: skip
         if paused_until is not None and self.fallback is None:  # no request at all until the quota resets
-            cycle.error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
+            error = f"{self.provider.name} paused: daily quota used up until {paused_until.isoformat()}"
             todo = []
         if self.fallback is not None:
             try:
@@ -185,14 +219,10 @@ class EtlPipeline:
             for outcome in self._process(todo, interval, batch_size, since, budgets, st):
                 done[outcome.symbol] = outcome
                 progress.tick(outcome, final=attempt == 0)
-        cycle.outcomes = [done[s] for s in symbols if s in done]
-        cycle.settle(self.clock.now(), interrupted=self.stop.is_set())
-        try:
-            self.ledger.finish(cycle)
-        except LoadError as exc:
-            self.ledger.defer(cycle)
-            log.error("cycle %s: could not record its end (%s); kept to be recorded when the database returns",
-                      job_name, self.redact(str(exc)))  # fmt: skip
+        return [done[s] for s in symbols if s in done], error
+
+    def report_cycle(self, cycle: CycleResult, duration_seconds: float) -> None:
+        """Tell the listeners (metrics first) of a settled cycle and log its one INFO line."""
         self._tell_cycle(cycle)
         rejected = f" ({cycle.rows_rejected} rejected: see rejected_bars)" if cycle.rows_rejected else ""
         fallback = [f"{o.symbol}={o.served_by}" for o in cycle.outcomes if o.served_by]
@@ -200,11 +230,10 @@ class EtlPipeline:
         log.info(
             "cycle job=%s provider=%s interval=%s symbols=%d ok=%d failed=%d rows fetched=%d loaded=%d rejected=%d"
             " status=%s duration=%.3fs%s",
-            job_name, self.provider.name, interval, len(symbols), len(cycle.outcomes) - len(cycle.failed),
+            cycle.job_name, cycle.provider, cycle.interval, cycle.symbols_requested, len(cycle.outcomes) - len(cycle.failed),
             len(cycle.failed), cycle.rows_fetched, cycle.rows_loaded, cycle.rows_rejected, cycle.status.value,
-            time.monotonic() - t0, rejected,
+            duration_seconds, rejected,
         )  # fmt: skip
-        return cycle
 
     def _process(
         self, symbols: Sequence[str], interval: str, batch_size: int, since: dict[str, datetime],
@@ -274,7 +303,9 @@ class EtlPipeline:
                 if st.window is not None:
                     fetched = self.provider.fetch_range(symbol, interval, *st.window)
                 else:
-                    fetched = self.provider.fetch_bars(symbol, interval, since=since)
+                    # a watermark beyond one ordinary request: the hole is fetched as a window first
+                    fetched = fetch_caught_up(self.provider, symbol, interval, since, self.clock.now(),
+                                              window_budget=self._window_budget)  # fmt: skip
         except MarketpollError as exc:
             if self.fallback is not None and (not exc.transient or isinstance(exc, QuotaExhausted)):
                 return self._extract_fallback(symbol, interval, budget, st, reason=self.redact(str(exc)))
@@ -333,6 +364,10 @@ class EtlPipeline:
                 log.warning("%s: could not record %d rejected bar(s) in rejected_bars: %s", out.symbol, len(rejected),
                             self.redact(str(exc)))  # fmt: skip
 
+    def _window_budget(self) -> RetryBudget:
+        """A fresh retry budget for one history window of a catch-up (as a backfill chunk's cycle has)."""
+        return RetryBudget(self.retry_attempts, self.retry_budget_seconds)
+
     def _watermarks(self, symbols: Sequence[str], interval: str) -> dict[str, datetime]:
         """Each symbol's newest stored bar start (UTC): where an interrupted or late cycle resumes from."""
         try:
@@ -370,7 +405,6 @@ class EtlPipeline:
                 st.db_down = True
                 log.error("the database is unreachable: no further fetch starts in this cycle")
         return [out for out, _ in ready]
-
 
     def _tell_load(self, event: LoadEvent) -> None:
         for listener in self.listeners:
