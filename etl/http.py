@@ -11,6 +11,10 @@ Every request is bounded three ways:
   declared ``Content-Length`` over the limit is refused before reading, a body that grows
   past it is cut off. Either way a terminal :class:`~errors.PayloadError`, nothing kept.
 
+A plain session's GET skips requests' per-request machinery and goes straight to the same
+adapter's urllib3 pool (same pool, TLS settings, headers, timeouts, exception classes; see
+:meth:`HttpClient._route`): about half of a GET's CPU time on a loopback API.
+
 No retry happens here (see :mod:`etl.retry`); every URL in a message is redacted. At
 DEBUG, one line per request: ``GET <redacted url> -> <status> in <ms> ms (<bytes> bytes)``.
 """
@@ -24,14 +28,19 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
+from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import Timeout
 
 from errors import HTTPError, PayloadError, RateLimited
 from etl.metrics import REQUEST_SECONDS, THROTTLES
@@ -52,6 +61,8 @@ DEFAULT_TOTAL_TIMEOUT_SECONDS = 30.0
 #: The largest body accepted, in bytes after decompression (``HTTP_MAX_RESPONSE_BYTES``): 32 MiB.
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 _CHUNK = 64 * 1024
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+_MAX_ROUTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +159,14 @@ class _Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
                 self._thread.start()
-            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._seq), alarm))
-            self._cond.notify()
+            when = time.monotonic() + seconds
+            # the thread sleeps until the earliest deadline (done alarms are popped when it wakes): it
+            # needs waking only for an earlier one. Requests of one deadline come in deadline order,
+            # so this is rare: a hand-off to the watchdog thread per request cost ~5 % of a poll's CPU.
+            wake = not self._heap or when < self._heap[0][0]
+            heapq.heappush(self._heap, (when, next(self._seq), alarm))
+            if wake:
+                self._cond.notify()
         return alarm
 
     def disarm(self, alarm: _Alarm) -> None:
@@ -186,6 +203,67 @@ def _shutdown_socket_of(thread: threading.Thread) -> None:
 _WATCHDOG = _Watchdog()
 
 
+# -- the direct route ----------------------------------------------------------------------
+
+
+class _Route(NamedTuple):
+    """How a URL is sent on the direct route: the adapter whose pools serve it, the path, TLS settings."""
+
+    adapter: HTTPAdapter
+    path: str  # path and query of the URL as given (the request's params are appended)
+    sep: str  # "?" or "&": what joins the params' query
+    verify: object
+    cert: object
+
+
+class _Target(NamedTuple):
+    url: str  # all of requests' adapter reads from a request to pick a pool
+
+
+def _translated(exc: Exception) -> requests.RequestException:
+    """The exception requests' adapter raises for urllib3's ``exc`` (same classes, so the same handling)."""
+    if isinstance(exc, u3.MaxRetryError):
+        exc = exc.reason if isinstance(exc.reason, Exception) else exc
+    if isinstance(exc, u3.ConnectTimeoutError) and not isinstance(exc, u3.NewConnectionError):
+        return requests.ConnectTimeout("connect timeout")
+    if isinstance(exc, u3.ReadTimeoutError):
+        return requests.ReadTimeout("read timeout")
+    if isinstance(exc, u3.SSLError):
+        return requests.exceptions.SSLError("SSL error")
+    if isinstance(exc, u3.DecodeError):
+        return requests.exceptions.ContentDecodingError("content decoding error")
+    if isinstance(exc, u3.ProtocolError):
+        return requests.ConnectionError("connection broken")
+    return requests.ConnectionError(type(exc).__name__)
+
+
+class _DirectReply:
+    """A urllib3 response with the few members of requests.Response that :meth:`HttpClient.get` uses."""
+
+    __slots__ = ("raw", "status_code", "headers", "url", "_consumed")
+
+    def __init__(self, raw, url: str) -> None:
+        self.raw = raw
+        self.status_code = raw.status
+        self.headers = raw.headers  # urllib3's HTTPHeaderDict: case-insensitive, like requests'
+        self.url = url
+        self._consumed = False
+
+    def iter_content(self, size: int) -> Iterator[bytes]:
+        try:
+            yield from self.raw.stream(size, decode_content=True)
+        except u3.ReadTimeoutError:  # as requests: a timeout within the body is a broken connection
+            raise requests.ConnectionError("read timeout within the body") from None
+        except (u3.HTTPError, OSError) as exc:
+            raise _translated(exc) from None
+        self._consumed = True
+
+    def close(self) -> None:  # as requests.Response.close
+        if not self._consumed:
+            self.raw.close()  # a body left unread (cut off, not wanted): its connection is not reused
+        self.raw.release_conn()
+
+
 class HttpClient:
     """GET with per-operation timeouts, one end-to-end deadline and a reply-size limit (see module docstring).
 
@@ -214,14 +292,71 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.timeout = (connect_timeout_seconds, read_timeout_seconds)
+        self._timeout = Timeout(connect=connect_timeout_seconds, read=read_timeout_seconds)
         self.total_timeout_seconds = total_timeout_seconds
         self.max_response_bytes = max_response_bytes
         # requests re-reads the whole environment for proxy settings on every request (about a
         # third of a GET's CPU time here); resolve them once per endpoint with requests' own
         # rules (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE ...) and pass them explicitly.
         self._env: dict[str, dict] = {}
+        self._routes: dict[str, _Route | None] = {}
+        self._pools: dict[str, HTTPConnectionPool] = {}  # URL -> its pool (a lookup costs ~3 % of a poll's CPU)
         self._trust_env = self.session.trust_env
         self.session.trust_env = False
+
+    def _route(self, url: str, env: dict) -> _Route | None:
+        """The direct route for ``url``, or None when only requests' full path does what the session asks.
+
+        requests' per-request machinery (merging session settings, preparing the request, hooks,
+        cookie bookkeeping) costs more CPU than the GET itself on a loopback or LAN API. A plain
+        session (no cookies, auth, default params or hooks; no proxy for the URL; the adapter
+        mounted here) asks for none of it, so the GET goes straight to the same adapter's urllib3
+        pool, with the same pool, TLS settings, headers, timeouts and retries as requests would
+        use, and the same exception classes. Redirects are left to requests: a URL that answers
+        with one is sent through requests from then on (that first request is sent twice, once
+        per URL and client). ``Set-Cookie`` replies are not kept in the session (no provider uses cookies).
+        """
+        s = self.session
+        if s.cookies or s.auth is not None or s.params or any(s.hooks.values()):
+            return None
+        if url not in self._routes:
+            if len(self._routes) >= _MAX_ROUTES:  # URLs naming a symbol or a window: bounded all the same
+                self._routes.clear()
+                self._pools.clear()
+            adapter = s.get_adapter(url)
+            parts = urlsplit(url)
+            route = None
+            if isinstance(adapter, _DeadlineAdapter) and not env.get("proxies") and not s.proxies and parts.hostname:
+                path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                route = _Route(adapter, path, "&" if parts.query else "?", env.get("verify", s.verify),
+                               env.get("cert", s.cert))  # fmt: skip
+            self._routes[url] = route
+        return self._routes[url]
+
+    def _direct_get(self, route: _Route, url: str, params: dict[str, str], headers: Mapping[str, str] | None):
+        """One GET on the direct route (see :meth:`_route`); a :class:`_DirectReply`, streamed."""
+        query = urlencode(params, doseq=True) if params else ""
+        full = f"{url}{route.sep}{query}" if query else url
+        if headers:
+            merged = CaseInsensitiveDict(self.session.headers)
+            merged.update(headers)
+            send = {k: v for k, v in merged.items() if v is not None}
+        else:
+            send = dict(self.session.headers)
+        adapter = route.adapter
+        try:
+            pool = self._pools.get(url)
+            if pool is None or pool.pool is None:  # not yet looked up, or closed (evicted by the pool manager)
+                pool = adapter.get_connection_with_tls_context(_Target(full), route.verify, cert=route.cert)  # type: ignore[arg-type]
+                self._pools[url] = pool
+            if full.startswith("https"):
+                adapter.cert_verify(pool, full, route.verify, route.cert)
+            raw = pool.urlopen("GET", f"{route.path}{route.sep}{query}" if query else route.path, headers=send,
+                               redirect=False, assert_same_host=False, preload_content=False, decode_content=False,
+                               retries=adapter.max_retries, timeout=self._timeout, chunked=False)  # fmt: skip
+        except (u3.HTTPError, OSError) as exc:
+            raise _translated(exc) from None
+        return _DirectReply(raw, full)
 
     def _settings_for(self, url: str) -> dict:
         env = self._env.get(url)
@@ -250,7 +385,17 @@ class HttpClient:
         resp = None
         try:
             try:
-                resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout, stream=True, **env)
+                route = self._route(url, env)
+                if route is not None:
+                    resp = self._direct_get(route, url, params, headers)
+                    if resp.status_code in _REDIRECTS and "Location" in resp.headers:
+                        # requests follows redirects with all its rules (auth stripped across hosts ...):
+                        # this URL takes its path from now on, and this one request is sent again through it
+                        resp.close()
+                        resp = None
+                        self._routes[url] = None
+                if resp is None:
+                    resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout, stream=True, **env)
                 if alarm.fired:
                     raise requests.ConnectionError("deadline")
                 status = resp.status_code

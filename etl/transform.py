@@ -116,15 +116,36 @@ class LocalToUtc:
         self.tz = tz
         self.shift = shift
         self._offsets: dict[str, object] = {}
+        self._seen: dict[str, datetime] = {}  # text -> its instant (conversions that succeeded)
+
+    @classmethod
+    def shared(cls, tz: tzinfo, shift: timedelta = timedelta(0)) -> LocalToUtc:
+        """One converter per (zone, shift) for the whole process, remembering each text it converted.
+
+        Polls of many symbols send the same timestamps (every symbol's newest 100 minutes), again
+        every cycle: after the first reply each is a dict lookup. A result depends only on the text,
+        the zone and the shift, so it can be shared by threads; a text that raises is never
+        remembered. Bounded: forgets everything past :data:`_SEEN_MAX` texts.
+        """
+        return _shared_converter(tz, shift)
 
     def __call__(self, text: str) -> datetime:
+        seen = self._seen.get(text)
+        if seen is not None:
+            return seen
         delta = self._offsets.get(text[:13])  # 'YYYY-MM-DD HH'
         if delta is None:
             delta = self._learn(text)
         if delta is _EXACT:
-            return local_to_utc(text, self.tz, self.shift)
-        # parsing with "+00:00" yields an aware UTC datetime; far cheaper than .replace(tzinfo=...)
-        return datetime.fromisoformat(text + "+00:00") - delta  # type: ignore[operator]
+            out = local_to_utc(text, self.tz, self.shift)
+        else:
+            # parsing with "+00:00" yields an aware UTC datetime; far cheaper than .replace(tzinfo=...)
+            out = datetime.fromisoformat(text + "+00:00") - delta  # type: ignore[operator]
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+            self._offsets.clear()
+        self._seen[text] = out
+        return out
 
     def _learn(self, text: str) -> object:
         naive = datetime.fromisoformat(text)
@@ -145,6 +166,15 @@ class LocalToUtc:
             delta = offsets.pop() - self.shift  # type: ignore[operator]
         self._offsets[text[:13]] = delta
         return delta
+
+
+#: Texts a shared :class:`LocalToUtc` remembers at most (about 150 bytes each) before it starts afresh.
+_SEEN_MAX = 20_000
+
+
+@lru_cache(maxsize=64)
+def _shared_converter(tz: tzinfo, shift: timedelta) -> LocalToUtc:
+    return LocalToUtc(tz, shift)
 
 
 def local_to_utc(text: str, tz: tzinfo, shift: timedelta = timedelta(0)) -> datetime:

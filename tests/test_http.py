@@ -72,3 +72,22 @@ def test_debug_logs_one_redacted_line_per_request(replay, caplog):
     assert "apikey=***" in lines[0] and " ms (2 bytes)" in lines[0]
     assert "-> 503 in " in lines[1]
     assert all("DEBUGSECRET7" not in line for line in lines)
+
+
+def test_a_redirect_is_followed_by_requests_and_only_the_first_one_is_sent_twice():
+    from etl.loopback import LoopbackServer
+
+    seen: list[str] = []
+    with LoopbackServer(lambda _p, q: (200, {"Content-Type": "text/plain"}, f"hello {q['symbol']}".encode())) as target:
+
+        def moved(_p, q):
+            seen.append(q["symbol"])
+            return 302, {"Location": f"{target.url}/final?symbol={q['symbol']}"}, b""
+
+        with LoopbackServer(moved) as first:
+            client = HttpClient("t")
+            for symbol in ("IBM", "MSFT", "IBM"):
+                reply = client.get(f"{first.url}/query", {"symbol": symbol, "apikey": "REDIRSECRET1"})
+                assert reply.status == 200 and reply.body == f"hello {symbol}".encode()
+                assert "REDIRSECRET1" not in reply.url
+    assert seen == ["IBM", "IBM", "MSFT", "IBM"]  # the first redirect sends that URL through requests from then on

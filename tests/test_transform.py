@@ -279,3 +279,15 @@ def test_dedupe_keeps_last_copy_in_first_position():
     t = datetime(2024, 1, 2, 15, tzinfo=UTC)
     first, other, revised = bar(ts=t, c="10.5"), bar(ts=t + timedelta(minutes=5)), bar(ts=t, c="10.6")
     assert dedupe_bars([first, other, revised]) == [revised, other]
+
+
+def test_the_shared_converter_remembers_only_what_converted_and_agrees_with_a_fresh_one():
+    shared = LocalToUtc.shared(NY)
+    assert LocalToUtc.shared(NY) is shared and LocalToUtc.shared(NY, -timedelta(minutes=5)) is not shared
+    texts = ["2024-03-10 01:59:00", "2024-03-10 03:00:00", "2024-11-03 00:59:00", "2024-11-03 02:00:00"]
+    for _ in range(2):  # the second round answers from what the first remembered
+        assert [shared(t) for t in texts] == [LocalToUtc(NY)(t) for t in texts]
+        for bad in ("2024-03-10 02:30:00", "2024-11-03 01:30:00"):  # never remembered: raises every time
+            with pytest.raises(ValueError):
+                shared(bad)
+    assert "2024-03-10 02:30:00" not in shared._seen and "2024-11-03 02:00:00" in shared._seen

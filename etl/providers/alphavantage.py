@@ -357,7 +357,7 @@ def _build(rows, *, symbol, interval, provider, tz, shift, render, width=5) -> F
     result = FetchResult(symbol)
     bars, rejected = result.bars, result.rejected
     daily = interval == "1day"
-    to_utc = LocalToUtc(tz, shift)
+    to_utc = LocalToUtc.shared(tz, shift)  # the same timestamps recur across symbols and cycles
     for key, values, raw in rows:
         if values is None or len(values) != width or not all(values):
             rejected.append(Rejection(symbol, str(key), MISSING_FIELD, render(key, raw)))
