@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -24,13 +25,14 @@ from db.backfill import ChunkStore
 from db.jobs import JobStore
 from db.quota import QuotaStore
 from errors import ConfigError, MarketpollError
+from etl.events import PipelineListener
 from etl.history import Backfill, Plan, make_progress
 from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers import Provider, get_provider_class
-from etl.ratelimit import budget_for, parse_rates
+from etl.ratelimit import SharedWindows, budget_for, parse_rates
 from etl.redact import Redactor
-from scheduler.api import ServiceApi
+from reports.coverage_status import CoverageMonitor
 from scheduler.calendar import CalendarOverrides, Calendars
 from scheduler.jobs import JOB_SESSIONS, MarketScheduler, define_job
 from scheduler.polling import PollingConfig, PollingManager
@@ -56,11 +58,19 @@ class App:
     retry_passes: int = 3  # --max-retries: extra passes per cycle for transient failures (every route)
     batch_size: int = 10  # --batch-size: symbols per load transaction (every route)
     clock: Clock = field(default_factory=SystemClock)
+    #: share each API key's per-second/minute windows with every process on this database (a cluster;
+    #: PostgreSQL only, or Redis when RATE_LIMIT_REDIS_URL is set): see etl/ratelimit.py
+    shared_rate_limits: bool = False
+    #: told of every committed load and every cycle of every pipeline (alerts, live push), after metrics
+    listeners: list[PipelineListener] = field(default_factory=list)
+    #: each returns a dict merged into the API's ``GET /status`` (cluster nodes, coverage, ...)
+    status_extras: list[Callable[[], dict]] = field(default_factory=list)
     _engine: sa.Engine | None = None
     _ledger: RunLedger | None = None
     _providers: dict[str, Provider] = field(default_factory=dict)
     _pipelines: dict[str, EtlPipeline] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _alerts: object | None = None  # the alert engine (alerts/service.py) of a long-running mode, once started
     notifier: Notifier = field(default_factory=lambda: Notifier(None))
     checkout: Path = field(default_factory=lambda: Path(__file__).resolve().parent)  # what --install-service runs
 
@@ -71,6 +81,11 @@ class App:
 
     def __post_init__(self) -> None:
         self.calendars = Calendars(CalendarOverrides.load(self.settings.market_calendar_file))
+        # named jobs' recent coverage after each of their cycles: /metrics (missing bars) and /status (worst series)
+        self.coverage_monitor = CoverageMonitor(lambda: self._coverage_ledger(required=True),
+                                                lambda: JobStore(self.engine).all())  # fmt: skip
+        self.listeners.append(self.coverage_monitor)
+        self.status_extras.append(self.coverage_monitor.coverage_status)
 
     @property
     def engine(self) -> sa.Engine:
@@ -99,10 +114,19 @@ class App:
                 rates = parse_rates(self.rate_limit or provider.rate_limit())
                 if rates:
                     quota = QuotaStore(self.engine) if any(r.unit == "day" for r in rates) else None
-                    provider.budget = budget_for(name, provider.api_key(), rates, quota=quota, clock=self.clock, stop=self.stop)
-                    log.info("%s rate budget: %s", name, " ".join(map(str, rates)))
+                    shared = self._shared_windows()
+                    provider.budget = budget_for(name, provider.api_key(), rates, quota=quota, clock=self.clock, stop=self.stop,
+                                                 shared=shared)  # fmt: skip
+                    log.info("%s rate budget: %s%s", name, " ".join(map(str, rates)),
+                             f" (shared by every process, in {provider.budget.backend})" if shared else "")  # fmt: skip
                 self._providers[name] = provider
             return self._providers[name]
+
+    def _shared_windows(self) -> SharedWindows | None:
+        """Where rate windows are shared (``shared_rate_limits`` on PostgreSQL), else None: per process."""
+        if not self.shared_rate_limits or not self.settings.database_url.startswith("postgresql"):
+            return None
+        return SharedWindows(self.settings.database_url, redis_url=self.settings.env.get("RATE_LIMIT_REDIS_URL") or None)
 
     def pipeline(self, provider_name: str, fallback_name: str | None = None) -> EtlPipeline:
         """The one cycle route for polling, streaming and named jobs (and backfill): provider (+ fallback)
@@ -120,6 +144,7 @@ class App:
                     shutdown_timeout_seconds=self.shutdown_timeout_seconds,
                     retry_attempts=self.settings.retry_max_attempts, retry_budget_seconds=self.settings.retry_budget_seconds,
                     retry_passes=self.retry_passes, batch_size=self.batch_size, fallback=fallback,
+                    listeners=self.listeners,
                 )  # fmt: skip
             return self._pipelines[key]
 
@@ -127,10 +152,29 @@ class App:
         return MarketScheduler(JobStore(self.engine), self.pipeline, calendars=self.calendars, clock=self.clock)
 
     def close(self) -> None:
+        if self._alerts is not None:
+            self._alerts.close()  # queued alert deliveries get a few seconds before the engine goes
         for p in self._providers.values():
             p.close()
         if self._engine is not None:
             self._engine.dispose()
+
+    def start_alerts(self) -> None:
+        """Long-running modes: evaluate the database's alert rules (alerts/) on every load and each minute
+        (re-read each minute: a rule added while it runs counts). Before the first pipeline is built
+        (pipelines copy ``listeners``). ConfigError for a bad SMTP_URL."""
+        if self._alerts is None:
+            from alerts import start_alerts
+
+            self._alerts = start_alerts(self.engine, calendars=self.calendars, clock=self.clock, env=self.settings.env,
+                                        redactor=self.redactor)  # fmt: skip
+            self.listeners.append(self._alerts)
+
+    def alerts(self, args) -> int:
+        """--add-alert, --show-alerts, --remove-alert (alerts/commands.py)."""
+        from alerts import commands
+
+        return commands.run(self, args)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -159,11 +203,21 @@ class App:
         self.check_interval(args.provider, args.interval)
         if args.fallback_provider:
             self.check_interval(args.fallback_provider, args.interval)
-        pipeline = self.pipeline(args.provider, args.fallback_provider)
-        log.info("%s polling %s from %s into %s", strategy, " ".join(config.symbols), args.provider,
-                 describe_url(self.settings.database_url))  # fmt: skip
-        manager = PollingManager(pipeline, calendars=self.calendars, clock=self.clock, stop=self.stop)
-        results = getattr(manager, f"{strategy}_polling")(config)
+        live = self._polling_status(args, f"{strategy}_polling", config,
+                                    exchange=None if strategy == "continuous" else config.exchange)  # fmt: skip
+        api = self.start_api(live, args.api_host, args.api_port, args.api_token) if live is not None else None
+        try:
+            self.start_alerts()  # inside: a bad SMTP_URL still closes the API
+            pipeline = self.pipeline(args.provider, args.fallback_provider)
+            log.info("%s polling %s from %s into %s", strategy, " ".join(config.symbols), args.provider,
+                     describe_url(self.settings.database_url))  # fmt: skip
+            manager = PollingManager(pipeline, calendars=self.calendars, clock=self.clock, stop=self.stop)
+            hooks = {"on_cycle": live.on_cycle, "on_wait": live.on_wait} if live is not None else {}
+            results = getattr(manager, f"{strategy}_polling")(config, **hooks)
+        finally:
+            if api is not None:
+                live.stopped()
+                api.close()
         print(json.dumps(results, indent=2))
         for f in results["failures"]:
             where = f"symbol {f['symbol']}" if f["symbol"] else "cycle"
@@ -181,17 +235,57 @@ class App:
         state = self.stream_state_file
         if DataStreamingService.status(state)["is_running"]:
             raise ConfigError(f"a streaming process is already running (see {state}); stop it with --stop-streaming")
-        manager = PollingManager(self.pipeline(args.provider, args.fallback_provider), calendars=self.calendars, clock=self.clock,
-                                 stop=self.stop)  # fmt: skip
-        service = DataStreamingService(manager, state, clock=self.clock)
-        service.start_streaming(config)
-        self.notifier.ready("streaming")
-        log.info("streaming %s every %g min into %s (state in %s)", " ".join(config.symbols), config.interval_minutes,
-                 describe_url(self.settings.database_url), state)  # fmt: skip
-        results = service.wait(tick=self.notifier.watchdog)
+        live = self._polling_status(args, "streaming", config,
+                                    next_poll_at=lambda: DataStreamingService.status(state)["next_cycle"])  # fmt: skip
+        api = self.start_api(live, args.api_host, args.api_port, args.api_token) if live is not None else None
+        if live is not None:
+            self.listeners.append(live)  # its cycles (the loop's own hooks publish the state file)
+        try:
+            self.start_alerts()  # inside: a bad SMTP_URL still closes the API
+            manager = PollingManager(self.pipeline(args.provider, args.fallback_provider), calendars=self.calendars,
+                                     clock=self.clock, stop=self.stop)  # fmt: skip
+            service = DataStreamingService(manager, state, clock=self.clock)
+            service.start_streaming(config)
+            self.notifier.ready("streaming")
+            log.info("streaming %s every %g min into %s (state in %s)", " ".join(config.symbols), config.interval_minutes,
+                     describe_url(self.settings.database_url), state)  # fmt: skip
+            results = service.wait(tick=self.notifier.watchdog)
+        finally:
+            if api is not None:
+                live.stopped()
+                api.close()
         print(json.dumps(results, indent=2))
         failed = (results or {}).get("partial_or_failed_cycles", 0)
         return cli.EXIT_CYCLE_FAILED if failed or results is None else cli.EXIT_OK
+
+    def start_api(self, source, host: str, port: int, token: str | None):
+        """Serve the API (api/server.py) for ``source`` on ``host:port`` until its ``close()``.
+
+        On SQLite the pipelines built from now on publish their loads to its hub (the in-process bus);
+        on PostgreSQL it LISTENs. Raises ConfigError when the port is busy.
+        """
+        from api import ApiServer, HubListener
+        from db.engine import is_postgres
+
+        engine = self.engine
+        api = ApiServer(source, engine=engine, clock=self.clock, host=host, port=port, token=token,
+                        status_extras=self.status_extras, calendars=self.calendars)  # fmt: skip
+        if not is_postgres(engine):
+            self.listeners.append(HubListener(api.hub))
+        return api
+
+    def _polling_status(self, args, job: str, config: PollingConfig, **kw):
+        """What the API reports for a polling run (None without --api-port); started now."""
+        if args.api_port is None:
+            return None
+        from api.status import PollingStatus
+
+        mode = next(f"--{m.replace('_', '-')}" for m in (*cli.POLL_MODES, "stream") if getattr(args, m))
+        live = PollingStatus(mode=mode, job_name=config.job_name or job, provider=args.provider, symbols=config.symbols,
+                             interval=config.interval, clock=self.clock, engine=self.engine, calendars=self.calendars,
+                             budgets=self.budgets, **kw)  # fmt: skip
+        live.started()
+        return live
 
     def streaming_status(self) -> int:
         print(json.dumps(DataStreamingService.status(self.stream_state_file), indent=2))
@@ -228,8 +322,10 @@ class App:
             exchange=args.exchange, provider=args.provider, bar_interval=args.interval, fallback_provider=fallback,
         )  # fmt: skip
         verb = "replaced existing job" if replaced else "scheduled new job"
-        print(f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min, "
-              f"in {describe_url(self.settings.database_url)}")  # the service must read this same database
+        print(
+            f"{verb} {name!r}: {JOB_SESSIONS[kind].value} session of {args.exchange}, every {args.job_interval:g} min, "
+            f"in {describe_url(self.settings.database_url)}"
+        )  # the service must read this same database
         return cli.EXIT_OK
 
     def show_jobs(self) -> int:
@@ -243,14 +339,28 @@ class App:
         print(f"main.py: error: no job named {name!r}", file=sys.stderr)
         return cli.EXIT_USAGE
 
-    def run_jobs(self, api_host: str = "127.0.0.1", api_port: int | None = None, api_token: str | None = None) -> int:
-        """Run named jobs until a signal; optionally serve the API; tell systemd how it goes."""
+    def run_jobs(self, api_host: str = "127.0.0.1", api_port: int | None = None, api_token: str | None = None, *,
+                 cluster: bool = False, stalled_after_seconds: float = 30.0) -> int:  # fmt: skip
+        """Run named jobs until a signal; optionally serve the API; tell systemd how it goes.
+
+        ``cluster``: as a node of a cluster (scheduler/cluster.py): fires claim their slot and queue
+        their symbols in chunks, which this node's workers and every other node's run. ConfigError
+        on a database that is not PostgreSQL.
+        """
+        node = self._cluster_node("scheduler", stalled_after_seconds) if cluster else None
         # the absolute database, so a service and the CLI that schedules its jobs can be compared
         log.info("named jobs from database %s", describe_url(self.settings.database_url))
+        self.start_alerts()
         scheduler = self.scheduler()
         api = None
         if api_port is not None:
-            api = ServiceApi(scheduler, host=api_host, port=api_port, token=api_token, clock=self.clock, budgets=self.budgets)
+            from api.status import SchedulerStatus
+
+            api = self.start_api(SchedulerStatus(scheduler, clock=self.clock, budgets=self.budgets), api_host, api_port,
+                                 api_token)  # fmt: skip
+        if node is not None:
+            scheduler.dispatch = node.dispatch
+            node.start()
         notifier = self.notifier
         ticks = {"ready": False}
 
@@ -265,6 +375,45 @@ class App:
         finally:
             if api is not None:
                 api.close()
+            if node is not None:
+                node.close(self.shutdown_timeout_seconds + 3)
+        return cli.EXIT_OK
+
+    def _cluster_node(self, role: str, stalled_after_seconds: float):
+        """This process as a cluster node (PostgreSQL only: ConfigError otherwise), listed in ``GET /status``.
+
+        In a cluster ``--workers`` counts the chunks a node runs at once, and each chunk fetches its
+        symbols one at a time: a node makes at most ``--workers`` requests at once, like one process.
+        """
+        from scheduler.cluster import ClusterNode, check_cluster_database, cluster_status
+
+        check_cluster_database(self.settings.database_url)  # before any connection: bad input, exit 2
+        concurrency, self.workers = self.workers, 1
+        node = ClusterNode(self.engine, self.settings.database_url, self.pipeline, role=role, workers=concurrency,
+                           stop=self.stop, shutdown_timeout_seconds=self.shutdown_timeout_seconds,
+                           stalled_after_seconds=stalled_after_seconds, clock=self.clock)  # fmt: skip
+        self.status_extras.append(lambda: {"cluster": cluster_status(self.engine, stalled_after_seconds=stalled_after_seconds)})
+        return node
+
+    def run_worker(self, *, stalled_after_seconds: float = 30.0) -> int:
+        """--worker: a fetch-only cluster node (no scheduler) until a signal; ConfigError unless PostgreSQL."""
+        node = self._cluster_node("worker", stalled_after_seconds)
+        log.info("cluster worker on database %s", describe_url(self.settings.database_url))
+        node.start()
+        self.notifier.ready(f"cluster worker: {node.workers} chunk(s) at once")
+        try:
+            while not self.stop.wait(2.0):
+                self.notifier.watchdog()
+        finally:
+            node.close(self.shutdown_timeout_seconds + 3)
+        return cli.EXIT_OK
+
+    def show_cluster(self) -> int:
+        """--show-cluster: nodes, last seen, chunks in flight and queue depths as JSON."""
+        from scheduler.cluster import check_cluster_database, cluster_status
+
+        check_cluster_database(self.settings.database_url)  # a SQLite file has no cluster: say so, exit 2
+        print(json.dumps(cluster_status(self.engine), indent=2))
         return cli.EXIT_OK
 
     def service_database(self) -> tuple[str, str]:
@@ -293,9 +442,14 @@ class App:
         svc_args = ["--run-scheduled-jobs", "--shutdown-timeout", f"{args.shutdown_timeout:g}"]
         if args.api_port is not None:
             svc_args += ["--api-port", str(args.api_port), "--api-host", args.api_host]
+        db_url, db_source = self.service_database()
+        if getattr(args, "cluster", False):  # the service as a cluster node: PostgreSQL shared by every node
+            from scheduler.cluster import check_cluster_database
+
+            check_cluster_database(db_url)
+            svc_args.append("--cluster")
         if args.rate_limit:  # --rate-limit applies to the service too (validated by cli)
             svc_args += ["--rate-limit", *(str(r) for r in parse_rates(args.rate_limit))]
-        db_url, db_source = self.service_database()
         database = f"{describe_url(db_url)} ({db_source})"
         text = unit_file(checkout=checkout, args=svc_args, shutdown_timeout_seconds=args.shutdown_timeout, user=args.user,
                          database=database)  # fmt: skip

@@ -219,6 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the named jobs in the foreground until SIGINT/SIGTERM (picks up changes within seconds)",
     )
     mode.add_argument(
+        "--worker",
+        action="store_true",
+        help="a fetch-only cluster node: run the chunks that --cluster nodes queue, no scheduler (PostgreSQL only; "
+        "--workers chunks at once)",
+    )
+    mode.add_argument(
+        "--show-cluster",
+        action="store_true",
+        help="print the cluster's nodes, last seen, chunks in flight and queue depths as JSON",
+    )
+    mode.add_argument(
         "--backfill",
         action="store_true",
         help="load the history of --symbols over [--start, --end) in the provider's API-sized chunks; resumable "
@@ -265,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--month", type=_month, default=None, help="Alpha Vantage intraday: one historical month, YYYY-MM (a backfill)"
     )
     src.add_argument("--no-extended-hours", action="store_true", help="intraday: regular session bars only")
+    src.add_argument("--adjusted", action="store_true", default=None,
+                     help="Alpha Vantage daily bars from TIME_SERIES_DAILY_ADJUSTED (a premium function): adjusted "
+                     "close into bars.adj_close, dividends and splits into corporate_actions "
+                     "(default: ALPHA_VANTAGE_ADJUSTED or off)")  # fmt: skip
     src.add_argument(
         "--fallback-provider",
         choices=provider_names(),
@@ -413,13 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--market-status at this instant, with a zone, from 1900 to 2200: 2024-03-11T13:00:00Z (default: now)",
     )
 
-    svc = p.add_argument_group("service (with --run-scheduled-jobs)")
+    svc = p.add_argument_group("service and API (--api-port: any long-running mode)")
     svc.add_argument(
         "--api-port",
         type=_port,
         default=None,
         metavar="PORT",
-        help="serve GET /health /status /metrics (and job control with a token) on this port",
+        help="serve the API on this port in any long-running mode: GET /health /status /metrics /events, WS /ws, "
+        "the dashboard at / (and job control with a token)",
     )
     svc.add_argument("--api-host", default="127.0.0.1", metavar="HOST", help="address the API binds to (default: 127.0.0.1)")
     svc.add_argument(
@@ -428,12 +444,66 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOKEN",
         help="enables POST /jobs/NAME/pause|resume|run for requests bearing it; prefer MARKETPOLL_API_TOKEN (a flag shows in ps)",
     )
+    svc.add_argument(
+        "--cluster",
+        action="store_true",
+        help="--run-scheduled-jobs as one node of a cluster on a shared PostgreSQL: each slot claimed by one node, its "
+        "symbols spread in chunks over every node's workers (also --install-service)",
+    )
+    svc.add_argument(
+        "--stalled-after",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="--cluster/--worker: a node whose workers sent no heartbeat for this long is dead and its chunks are "
+        "retried elsewhere (default: 30)",
+    )
     svc.add_argument("--user", action="store_true", help="--install-service: a user unit (~/.config/systemd/user)")
     svc.add_argument(
         "--dry-run",
         action="store_true",
         help="--install-service: print the unit (and the database it will use) instead of writing it",
     )
+
+    # alerts (alerts/): rules in alert_rules, evaluated by the polling modes, --stream and --run-scheduled-jobs
+    from alerts.base import MAX_STALE_MINUTES, MIN_STALE_MINUTES, check_alert_name, check_email, check_webhook
+    from alerts.grammar import parse_condition
+
+    def checked(fn):  # an alerts/ ConfigError as argparse's one-line error
+        def conv(text: str):
+            try:
+                return fn(text)
+            except ConfigError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
+
+        return conv
+
+    mode.add_argument("--add-alert", type=checked(check_alert_name), metavar="NAME",
+                      help="create or replace an alert rule: one of --condition, --stale or --error-rate, and --webhook "
+                      "and/or --email")  # fmt: skip
+    mode.add_argument("--show-alerts", action="store_true", help="list alert rules and their last firing as JSON "
+                      "(webhooks redacted)")  # fmt: skip
+    mode.add_argument("--remove-alert", type=checked(check_alert_name), metavar="NAME", help="delete an alert rule")
+    alert = p.add_argument_group("alerts (with --add-alert)")
+    alert.add_argument("--condition", type=checked(lambda t: parse_condition(t) and t), metavar='"SYMBOL FIELD OP NUMBER"',
+                       help="e.g. \"TSLA close > 800\"; fields open high low close volume change_percent (vs 24 h "
+                       "earlier; daily bars: the previous session); ops > >= < <= crosses_above crosses_below")  # fmt: skip
+    alert.add_argument("--stale", default=None, metavar="JOB_OR_SYMBOL",
+                       help="alert when no new bar arrives for --after minutes while the session is open: a named job's "
+                       "session, or a symbol's --sessions of --exchange")  # fmt: skip
+    stale_minutes = _number(float, "a number of minutes", lambda v: MIN_STALE_MINUTES <= v <= MAX_STALE_MINUTES,
+                            f"from {MIN_STALE_MINUTES:g} to {MAX_STALE_MINUTES:g} minutes")  # fmt: skip
+    alert.add_argument("--after", type=stale_minutes, default=None, metavar="MINUTES",
+                       help="--stale: minutes without a new bar")  # fmt: skip
+    alert.add_argument("--error-rate", type=_job_name, default=None, metavar="JOB",
+                       help="alert when the failed share of JOB's last 20 cycles (of the last 24 h) is above "
+                       "--above")  # fmt: skip
+    alert.add_argument("--above", type=_number(float, "a share", lambda v: 0 <= v < 1, "a share from 0 to 1, e.g. 0.2"),
+                       default=None, metavar="SHARE", help="--error-rate: the failed share that fires, e.g. 0.2")  # fmt: skip
+    alert.add_argument("--webhook", type=checked(check_webhook), default=None, metavar="URL",
+                       help="POST the alert as JSON with a Slack-compatible text field (a secret: shown redacted)")  # fmt: skip
+    alert.add_argument("--email", nargs="+", type=checked(check_email), default=None, metavar="ADDRESS",
+                       help="email the alert through SMTP_URL (from ALERT_EMAIL_FROM)")  # fmt: skip
 
     misc = p.add_argument_group("misc")
     misc.add_argument(
@@ -457,7 +527,7 @@ def provider_options(args: argparse.Namespace) -> dict[str, object]:
     The chosen provider declares which it has (see its ``Config``); one it lacks is an error there.
     """
     given = {"outputsize": args.outputsize, "datatype": args.datatype, "month": args.month,
-             "extended_hours": False if args.no_extended_hours else None}  # fmt: skip
+             "extended_hours": False if args.no_extended_hours else None, "adjusted": args.adjusted}  # fmt: skip
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -501,6 +571,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sessions = ["pre", "regular", "post"] if args.adaptive_poll else ["regular"]
     args.schedule_kind = scheduling
     _check_history(parser, args)
+    from alerts.commands import check_args as check_alert_args  # alerts: which flags go together
+
+    if (alert_misuse := check_alert_args(args)) is not None:
+        parser.error(alert_misuse)
     if args.rate_limit is not None:
         from etl.ratelimit import parse_rates
 
@@ -512,6 +586,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("argument --rate-limit: empty (give N/second, N/minute or N/day, e.g. 75/minute)")
     if args.max_retries < 0:
         parser.error(f"argument --max-retries: must be >= 0: {args.max_retries}")
+    if args.api_port is not None and not (polling or args.run_scheduled_jobs or args.install_service):
+        parser.error("argument --api-port: only with a long-running mode (--continuous-poll, --market-hours-poll, "
+                     "--adaptive-poll, --stream, --run-scheduled-jobs) or --install-service")  # fmt: skip
+    if args.cluster and not (args.run_scheduled_jobs or args.install_service):
+        parser.error("argument --cluster: only with --run-scheduled-jobs or --install-service")
+    if args.adjusted and args.interval != "1day":
+        parser.error(f"argument --adjusted: daily bars only (--interval 1day), not {args.interval}")
     return args
 
 

@@ -55,7 +55,8 @@ def configure_logging(level: str, redactor: Redactor, fmt: str = "text") -> None
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default", "pyrate_limiter"):
+    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default", "pyrate_limiter",
+                  "procrastinate", "uvicorn.error"):  # fmt: skip
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -72,6 +73,8 @@ def dispatch(app: App, args) -> int:
         return app.market_status(args)
     if args.schedule_kind:
         return app.schedule(args, args.schedule_kind)
+    if args.add_alert or args.show_alerts or args.remove_alert:
+        return app.alerts(args)
     if args.show_scheduled_jobs:
         return app.show_jobs()
     if args.remove_job:
@@ -84,7 +87,12 @@ def dispatch(app: App, args) -> int:
         return app.fill_gaps(args)
     if args.coverage:
         return app.coverage(args)
-    return app.run_jobs(args.api_host, args.api_port, args.api_token or app.settings.marketpoll_api_token)
+    if args.show_cluster:
+        return app.show_cluster()
+    if args.worker:
+        return app.run_worker(stalled_after_seconds=args.stalled_after)
+    return app.run_jobs(args.api_host, args.api_port, args.api_token or app.settings.marketpoll_api_token,
+                        cluster=args.cluster, stalled_after_seconds=args.stalled_after)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         app = App(settings, redactor, stop, workers=args.workers, rate_limit=args.rate_limit,
                   retry_passes=0 if args.no_retry else args.max_retries, batch_size=args.batch_size,
                   shutdown_timeout_seconds=pipeline_deadline_seconds(args.shutdown_timeout), notifier=notifier)  # fmt: skip
+        if args.cluster or args.worker:  # every node takes from one rate budget per API key (etl/ratelimit.py)
+            app.shared_rate_limits = True
         code = dispatch(app, args)
     except (ConfigError, SchedulingError) as exc:
         print(f"main.py: error: {redactor(str(exc))}", file=sys.stderr)

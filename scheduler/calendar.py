@@ -92,8 +92,8 @@ def _unknown_exchange(code: str) -> str:
     aliases = ", ".join(f"{a}={c}" for a, c in _ALIASES.items())
     return (
         f"unknown exchange {code!r}: use {', '.join(EXCHANGES)} (aliases {aliases}) or another "
-        "pandas_market_calendars name, e.g. XLON, XTKS, XHKG (all: python -c \"import pandas_market_calendars as m; "
-        "print(m.get_calendar_names())\")"
+        'pandas_market_calendars name, e.g. XLON, XTKS, XHKG (all: python -c "import pandas_market_calendars as m; '
+        'print(m.get_calendar_names())")'
     )
 
 

@@ -126,13 +126,13 @@ class PollingManager:
         """Poll every ``interval_minutes``, around the clock."""
         return self.run(ContinuousStrategy(config), **hooks).as_dict()
 
-    def market_hours_polling(self, config: PollingConfig) -> dict:
+    def market_hours_polling(self, config: PollingConfig, **hooks) -> dict:
         """Poll every ``interval_minutes`` inside ``config.sessions`` of ``config.exchange`` only."""
-        return self.run(MarketHoursStrategy(config, self.calendars.get(config.exchange))).as_dict()
+        return self.run(MarketHoursStrategy(config, self.calendars.get(config.exchange)), **hooks).as_dict()
 
-    def adaptive_polling(self, config: PollingConfig) -> dict:
+    def adaptive_polling(self, config: PollingConfig, **hooks) -> dict:
         """Poll at an interval that follows data arrival, sessions and throttling."""
-        return self.run(AdaptiveStrategy(config, self.calendars.get(config.exchange))).as_dict()
+        return self.run(AdaptiveStrategy(config, self.calendars.get(config.exchange)), **hooks).as_dict()
 
     def run(
         self,

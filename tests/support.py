@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,3 +87,16 @@ def alphavantage_route(api_key: str):
         return ok(fixture("alphavantage/error_invalid_call.json"))
 
     return route
+
+
+def wait_for(pred: Callable[[], object], what: str | Callable[[], str] = "a condition", timeout: float = 20.0, step=0.05):
+    """``pred()``'s first truthy value, polled every ``step`` seconds; AssertionError naming ``what`` (text, or
+    a callable giving it at the deadline) after ``timeout`` seconds. A generous deadline, never an
+    elapsed-time assertion."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    raise AssertionError(f"not within {timeout:g} s: {what() if callable(what) else what}")

@@ -20,7 +20,7 @@ from etl.ratelimit import key_id
 from etl.redact import Redactor
 from scheduler.calendar import Session
 from settings import Settings
-from support import ROOT, fixture, ok
+from support import ROOT, fixture, ok, wait_for
 
 BODY = fixture("alphavantage/intraday_1min_MSFT.json")
 
@@ -28,6 +28,8 @@ BODY = fixture("alphavantage/intraday_1min_MSFT.json")
 def body_for(symbol: str) -> bytes:
     """The MSFT recording, relabelled for ``symbol`` (a reply for another symbol is refused)."""
     return BODY.replace(b'"2. Symbol": "MSFT"', f'"2. Symbol": "{symbol}"'.encode())
+
+
 MONDAY = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)
 
 
@@ -50,14 +52,6 @@ def timed(replay):
     srv = replay(route)
     srv.arrivals = arrivals
     return srv
-
-
-def wait_for(condition, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
 
 
 def gaps(arrivals: list[float]) -> list[float]:

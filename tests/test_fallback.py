@@ -63,7 +63,7 @@ def test_the_fallback_serves_what_the_primary_fails_and_rows_keep_their_provider
 
 
 def test_bars_preferred_gives_one_row_per_bar_the_primarys_first(engine, providers):
-    av, fx, *_ , clock = providers
+    av, fx, *_, clock = providers
     p = EtlPipeline(av, make_loader(engine), RunLedger(engine), clock=clock, fallback=fx)
     p.run_cycle(["ABC1"], "1min", job_name="fb")  # records the ranking: alphavantage 0, fakex 1
     ts = START + timedelta(minutes=5)

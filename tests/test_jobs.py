@@ -21,20 +21,9 @@ from db.jobs import JobDefinition, JobStore, check_job_name
 from errors import ConfigError, SchedulingError
 from scheduler.calendar import Calendars, Session
 from scheduler.jobs import MarketScheduler, SessionTrigger
-from support import ROOT
+from support import ROOT, wait_for
 
 CALS = Calendars()
-
-
-def wait_for(condition, what: str, timeout: float = 20.0):
-    """Poll ``condition`` until it is truthy (a generous deadline, not an elapsed-time assertion)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = condition()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout:g}s: {what}")
 
 
 class NoPipeline:

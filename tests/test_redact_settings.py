@@ -85,8 +85,12 @@ def test_stream_state_lives_in_the_per_user_state_directory():
 
 @pytest.mark.parametrize(
     ("var", "value"),
-    [("ALPHA_VANTAGE_DATATYPE", "xml"), ("ALPHA_VANTAGE_MONTH", "2024-13"), ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
-     ("ALPHA_VANTAGE_RATE_LIMIT", "0/second")],
+    [
+        ("ALPHA_VANTAGE_DATATYPE", "xml"),
+        ("ALPHA_VANTAGE_MONTH", "2024-13"),
+        ("ALPHA_VANTAGE_EXTENDED_HOURS", "maybe"),
+        ("ALPHA_VANTAGE_RATE_LIMIT", "0/second"),
+    ],
 )
 def test_bad_provider_settings_name_the_variable(var, value):
     settings = Settings.from_env({"ALPHA_VANTAGE_API_KEY": "K", var: value})

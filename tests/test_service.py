@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.server import ApiServer
+from api.status import SchedulerStatus, job_health
 from db.jobs import JobStore
 from db.tables import etl_runs
 from errors import ConfigError
-from scheduler.api import ServiceApi, job_health
 from scheduler.calendar import Calendars, Session
 from scheduler.jobs import MarketScheduler, SessionTrigger
-from support import ROOT
+from support import ROOT, wait_for
 
 MAIN = [sys.executable, str(ROOT / "main.py")]
 
@@ -81,16 +82,6 @@ def get(url: str, token: str | None = None, method: str = "GET") -> tuple[int, b
 def get_json(url: str, token: str | None = None, method: str = "GET") -> tuple[int, dict]:
     code, body = get(url, token, method)
     return code, json.loads(body)
-
-
-def wait_for(pred, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError("condition not met in time")
 
 
 def metrics_of(text: str) -> dict[tuple[str, frozenset], float]:
@@ -260,7 +251,8 @@ def test_status_and_health_at_a_fixed_instant(sqlite_engine, manual_clock):
     sched.schedule_pre_market_job("early", ["SPY"], 15)
     _ran(sqlite_engine, "open", "2024-03-11T14:55:00Z", "succeeded")
     failed_id = _ran(sqlite_engine, "early", "2024-03-11T12:00:00Z", "failed", "SPY: boom")
-    api = ServiceApi(sched, token=TOKEN, clock=manual_clock, budgets=lambda: {"demo": {"remaining_today": 7}})
+    api = ApiServer(SchedulerStatus(sched, clock=manual_clock, budgets=lambda: {"demo": {"remaining_today": 7}}),
+                    engine=sqlite_engine, clock=manual_clock, token=TOKEN)  # fmt: skip
     base = f"http://127.0.0.1:{api.port}"
     stop = threading.Event()
     runner = threading.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
