@@ -95,7 +95,7 @@ def floor(url: str, db_url: str, symbols: list[str], workers: int) -> dict:
 
     u = make_url(db_url)
     conn = psycopg2.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database)
-    cols = "provider, symbol, interval, ts, open, high, low, close, volume"
+    cols = "provider, symbol, interval, ts, open, high, low, close, volume, adj_close"  # copy_text's columns, in order
     stored = 0
     t = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool, conn.cursor() as cur:
