@@ -391,7 +391,7 @@ class App:
         concurrency, self.workers = self.workers, 1
         node = ClusterNode(self.engine, self.settings.database_url, self.pipeline, role=role, workers=concurrency,
                            stop=self.stop, shutdown_timeout_seconds=self.shutdown_timeout_seconds,
-                           stalled_after_seconds=stalled_after_seconds, clock=self.clock)  # fmt: skip
+                           stalled_after_seconds=stalled_after_seconds, redact=self.redactor, clock=self.clock)  # fmt: skip
         self.status_extras.append(lambda: {"cluster": cluster_status(self.engine, stalled_after_seconds=stalled_after_seconds)})
         return node
 

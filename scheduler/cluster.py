@@ -20,6 +20,15 @@ else is shared, and nothing else is needed.
   on the cycle's ``etl_runs`` row; the chunk that finds no other chunk left writes the cycle's
   final status and totals (``rows_loaded`` as credited by the loads), in that transaction:
   exactly one chunk completes each cycle.
+- **A chunk fails for good** (its retries are spent, its error is not one procrastinate retries, or
+  its job is cancelled or aborted): its symbols count as failed, each with an error naming the chunk
+  and the reason (redacted), and the cycle settles as the other chunks allow (``partial`` or
+  ``failed``, :meth:`models.run.CycleResult.settle`). The task records it on its last attempt
+  (:meth:`ClusterNode.fail_chunk`); the sweep settles the chunks whose job ended ``failed``,
+  ``cancelled`` or ``aborted`` with nobody recording it (a worker killed on the last attempt, the
+  database away at that moment), under the same row lock: no cycle stays ``running`` for ever.
+- **A retried chunk** fetches its symbols again: the rejections an earlier attempt recorded in
+  ``rejected_bars`` for the same run and symbol are not stored twice (the first copy is kept).
 - **A node dies** (``kill -9``, power loss): procrastinate's worker heartbeat stops; every node
   looks for stalled jobs (:meth:`procrastinate.manager.JobManager.get_stalled_jobs`, no heartbeat
   for ``stalled_after_seconds``) and puts them back in the queue; another node runs them again.
@@ -55,19 +64,27 @@ from clock import Clock, SystemClock
 from db.engine import describe_url, translate_db_errors
 from db.jobs import JobDefinition
 from db.ledger import HOST, NODE, RunLedger, claim_statement
-from db.tables import cluster_chunks, cluster_nodes, etl_runs
+from db.tables import cluster_chunks, cluster_nodes, etl_runs, rejected_bars
 from errors import ConfigError, LoadError
 from etl import metrics
 from etl.pipeline import EtlPipeline
+from etl.redact import Redactor
 from models.run import CycleResult, SymbolOutcome
 
 __all__ = ["ClusterNode", "ChunkReturned", "cluster_status", "ensure_schema", "check_cluster_database", "conninfo",
-           "CHUNK_SYMBOLS", "STALLED_AFTER_SECONDS", "TASK"]  # fmt: skip
+           "CHUNK_SYMBOLS", "CHUNK_RETRIES", "STALLED_AFTER_SECONDS", "TASK"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
 #: Symbols per chunk: the unit of work a worker takes (and retries) at once.
 CHUNK_SYMBOLS = 10
+#: A chunk given back (:class:`ChunkReturned`) or stopped by the database (LoadError) runs again at most this
+#: many times (procrastinate's ``max_attempts``; stalled-node retries count too); then it fails for good.
+CHUNK_RETRIES = 20
+#: Procrastinate job statuses after which a chunk's job never runs again.
+FINAL_JOB_STATUSES = ("failed", "cancelled", "aborted")
+#: Longest reason a chunk that failed for good gives each of its symbols, in characters.
+CHUNK_ERROR_MAX_CHARS = 500
 #: A node whose workers have sent no heartbeat for this many seconds is dead: its chunks are retried elsewhere.
 STALLED_AFTER_SECONDS = 30.0
 #: The procrastinate task that runs a chunk (namespace ``marketpoll``).
@@ -83,7 +100,14 @@ CHUNKS_KEPT = timedelta(days=1)
 
 
 class ChunkReturned(Exception):  # noqa: N818 - a control-flow signal, not an error (kept out of errors.py's tree)
-    """A shutdown left a chunk undone: procrastinate puts it back in the queue for another node."""
+    """A shutdown left a chunk undone: procrastinate puts it back in the queue for another node.
+
+    ``outcomes``: what the chunk did before it was given back (kept if this was its last attempt).
+    """
+
+    def __init__(self, message: str, outcomes: Sequence[SymbolOutcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
 
 
 def conninfo(database_url: str) -> str:
@@ -142,17 +166,30 @@ def _outcome(d: dict) -> SymbolOutcome:
                          interrupted=d["interrupted"], served_by=d["served_by"])  # fmt: skip
 
 
-def _blueprint() -> procrastinate.Blueprint:
-    """The chunk task, a thin shell around :meth:`ClusterNode.run_chunk` (the node comes from the worker's context)."""
-    bp = procrastinate.Blueprint()
+def _blueprint(retries: int = CHUNK_RETRIES) -> procrastinate.Blueprint:
+    """The chunk task, a thin shell around :meth:`ClusterNode.run_chunk` (the node comes from the worker's context).
 
-    @bp.task(name="fetch_chunk", pass_context=True,
-             retry=procrastinate.RetryStrategy(max_attempts=20, wait=1, retry_exceptions={ChunkReturned, LoadError}))  # fmt: skip
+    On the attempt procrastinate will not retry (the same :class:`procrastinate.RetryStrategy` decides),
+    the chunk is recorded as failed (:meth:`ClusterNode.fail_chunk`) before the error goes on to
+    procrastinate, which marks the job ``failed``.
+    """
+    bp = procrastinate.Blueprint()
+    strategy = procrastinate.RetryStrategy(max_attempts=retries, wait=1, retry_exceptions={ChunkReturned, LoadError})
+
+    @bp.task(name="fetch_chunk", pass_context=True, retry=strategy)
     def fetch_chunk(context, *, run_id: int, chunk_no: int, job: str, provider: str, fallback: str | None, interval: str,
                     symbols: list[str]) -> dict:  # fmt: skip
         node: ClusterNode = context.additional_context["node"]
-        return node.run_chunk(run_id, chunk_no, job=job, provider=provider, fallback=fallback, interval=interval,
-                              symbols=symbols)  # fmt: skip
+        try:
+            return node.run_chunk(run_id, chunk_no, job=job, provider=provider, fallback=fallback, interval=interval,
+                                  symbols=symbols)  # fmt: skip
+        except Exception as exc:
+            if strategy.get_retry_decision(exception=exc, job=context.job) is not None:
+                raise  # procrastinate runs it again
+            reason = f"{type(exc).__name__} on its attempt {context.job.attempts + 1} (no retry left): {exc}"
+            node.fail_chunk(run_id, chunk_no, symbols, provider=provider, reason=reason,
+                            outcomes=exc.outcomes if isinstance(exc, ChunkReturned) else ())  # fmt: skip
+            raise
 
     return bp
 
@@ -166,14 +203,18 @@ class ClusterNode:
     - ``workers``: chunks run at once.
     - ``stop``: set by a signal; ``shutdown_timeout_seconds``: how long running chunks may take then.
     - ``stalled_after_seconds``: a node silent this long is dead (heartbeats every fifth of it).
+    - ``chunk_retries``: runs of a chunk after its first, at most (:data:`CHUNK_RETRIES`).
+    - ``redact``: cleans error text when the provider's pipeline (whose ``redact`` is used first)
+      cannot be built on this node; by default it masks credential URL parameters.
     """
 
     def __init__(self, engine: sa.Engine, database_url: str, pipeline_for: Callable[[str, str | None], EtlPipeline], *,
                  role: str, workers: int, stop: threading.Event, shutdown_timeout_seconds: float = 30.0,
                  stalled_after_seconds: float = STALLED_AFTER_SECONDS, chunk_symbols: int = CHUNK_SYMBOLS,
+                 chunk_retries: int = CHUNK_RETRIES, redact: Callable[[str], str] | None = None,
                  clock: Clock | None = None) -> None:  # fmt: skip
-        if workers < 1 or chunk_symbols < 1 or stalled_after_seconds <= 0:
-            raise ConfigError("cluster workers, chunk size and stalled-after must be positive", name="workers")
+        if workers < 1 or chunk_symbols < 1 or stalled_after_seconds <= 0 or chunk_retries < 1:
+            raise ConfigError("cluster workers, chunk size, chunk retries and stalled-after must be positive", name="workers")
         self.engine = engine
         self.pipeline_for = pipeline_for
         self.role = role
@@ -183,12 +224,13 @@ class ClusterNode:
         self.stalled_after_seconds = stalled_after_seconds
         self.heartbeat_seconds = max(0.5, stalled_after_seconds / 5)
         self.chunk_symbols = chunk_symbols
+        self.redact = redact or Redactor()
         self.clock = clock or SystemClock()
         self.node = NODE
         self.app = procrastinate.App(
             connector=PsycopgConnector(conninfo=conninfo(database_url), min_size=1, max_size=workers + 3)
         )
-        self.app.add_tasks_from(_blueprint(), namespace="marketpoll")
+        self.app.add_tasks_from(_blueprint(chunk_retries), namespace="marketpoll")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -278,7 +320,8 @@ class ClusterNode:
                 metrics.QUEUE_DEPTH.labels(queue, status).set(n)
 
     async def _sweep_forever(self) -> None:
-        """Put back in the queue the chunks of nodes whose workers stopped beating (every third of the timeout)."""
+        """Every third of the timeout: put back in the queue the chunks of nodes whose workers stopped beating,
+        queue the chunks a dying node claimed but never queued, and settle the chunks whose job ended for good."""
         while True:
             await asyncio.sleep(max(0.5, self.stalled_after_seconds / 3))
             try:
@@ -295,6 +338,10 @@ class ClusterNode:
                                 args[0]["run_id"], args[0]["job"], len(args))  # fmt: skip
             except LoadError as exc:
                 log.warning("could not sweep old or orphaned chunks: %s", exc)
+            try:
+                await asyncio.to_thread(self._settle_lost_chunks)
+            except LoadError as exc:
+                log.warning("could not look for chunks whose job ended for good: %s", exc)
             for job in stalled:
                 try:
                     await self.app.job_manager.retry_job(job)
@@ -304,6 +351,26 @@ class ClusterNode:
                 log.warning("chunk %s of run %s (job %s) stalled on a dead node: back in the queue %s",
                             job.task_kwargs.get("chunk_no"), job.task_kwargs.get("run_id"), job.task_kwargs.get("job"),
                             job.queue)  # fmt: skip
+
+    def _settle_lost_chunks(self) -> int:
+        """Record as failed the chunks of ``running`` cycles whose procrastinate job ended ``failed``,
+        ``cancelled`` or ``aborted`` without completing them; returns how many this node recorded.
+
+        Safe when several nodes sweep at once: each chunk is recorded under the row lock on its
+        cycle's ``etl_runs`` row, and only while it is not ``done`` (:meth:`fail_chunk`).
+        """
+        with translate_db_errors("looking for chunks whose job ended for good"), self.engine.connect() as conn:
+            lost = conn.execute(sa.text(
+                "SELECT c.run_id, c.chunk_no, c.symbols, c.attempts, c.job_id, j.status::text AS job_status, r.provider "
+                "FROM cluster_chunks c JOIN etl_runs r ON r.id = c.run_id JOIN procrastinate_jobs j ON j.id = c.job_id "
+                "WHERE c.status <> 'done' AND r.status = 'running' AND j.status::text IN :final "
+                "ORDER BY c.run_id, c.chunk_no"
+            ).bindparams(sa.bindparam("final", expanding=True)), {"final": list(FINAL_JOB_STATUSES)}).all()  # fmt: skip
+        n = 0
+        for x in lost:
+            reason = f"its queue job {x.job_id} ended {x.job_status} after {x.attempts} run(s) and will not run again"
+            n += self.fail_chunk(x.run_id, x.chunk_no, x.symbols.split(), provider=x.provider, reason=reason)
+        return n
 
     def _orphans(self) -> list[list[dict]]:
         """Chunks claimed but never queued (their node died between the claim and the defer), taken by this node."""
@@ -421,22 +488,56 @@ class ClusterNode:
             outcomes, error = self.pipeline_for(provider, fallback).run_symbols(symbols, interval, run_id=run_id, job_name=job)
         except Exception as exc:  # noqa: BLE001 - a bug or a bad setting: every symbol of the chunk fails, the cycle completes
             log.exception("run %d chunk %d failed", run_id, chunk_no)
-            outcomes = [SymbolOutcome(s, error=f"chunk failed on {self.node}: {exc}") for s in symbols]
+            why = self._redactor(provider)(f"chunk {chunk_no} of run {run_id} failed on {self.node}: {exc}")
+            outcomes = [SymbolOutcome(s, error=why[:CHUNK_ERROR_MAX_CHARS]) for s in symbols]
+        if started > 1:  # a retry fetched the symbols again: their rejections are on record once already
+            try:
+                self._dedupe_rejections(run_id, interval, symbols)
+            except LoadError as exc:
+                log.warning("run %d chunk %d: could not drop the rejections its retry recorded again: %s", run_id, chunk_no,
+                            exc)  # fmt: skip
         undone = len(outcomes) < len(symbols) or any(o.interrupted for o in outcomes)
         if undone and self.stop.is_set():
             with translate_db_errors("returning a chunk"), self.engine.begin() as conn:
                 conn.execute(cluster_chunks.update().where(c.run_id == run_id, c.chunk_no == chunk_no, c.status == "doing")
                              .values(status="queued", node=None))  # fmt: skip
-            raise ChunkReturned(f"run {run_id} chunk {chunk_no}: interrupted by shutdown on {self.node}, returned")
+            raise ChunkReturned(f"run {run_id} chunk {chunk_no}: interrupted by shutdown on {self.node}, returned", outcomes)
         self.complete_chunk(run_id, chunk_no, outcomes, error)
         return {"run_id": run_id, "chunk_no": chunk_no, "symbols": len(symbols), "failed": sum(not o.ok for o in outcomes)}
+
+    def fail_chunk(self, run_id: int, chunk_no: int, symbols: Sequence[str], *, provider: str, reason: str,
+                   outcomes: Sequence[SymbolOutcome] = ()) -> bool:  # fmt: skip
+        """Record a chunk that will not run again: each symbol without an outcome in ``outcomes`` (what
+        its last attempt finished, if anything) fails with an error naming the chunk and ``reason``,
+        redacted; the cycle completes as :meth:`complete_chunk` does if no other chunk is left.
+
+        Never raises (the caller is on its way out with an error of its own); True if this call recorded
+        the chunk, False if it was already done or could not be written (the sweep tries again).
+        """
+        error = self._redactor(provider)(f"chunk {chunk_no} of run {run_id} failed for good: {reason}")
+        error = error.replace("\n", " ")[:CHUNK_ERROR_MAX_CHARS]
+        finished = {o.symbol: o for o in outcomes if not o.interrupted}
+        final = [finished.get(s) or SymbolOutcome(s, error=error) for s in symbols]
+        try:
+            recorded, _ = self._complete(run_id, chunk_no, final, None)
+        except Exception as exc:  # noqa: BLE001 - the database is away: the sweep settles the chunk later
+            log.error("%s; could not record it (%s): the sweep will", error, self.redact(str(exc)))
+            return False
+        if recorded:
+            log.error("%s; %d of its %d symbol(s) recorded as failed", error, sum(not o.ok for o in final), len(final))
+        return recorded
 
     def complete_chunk(self, run_id: int, chunk_no: int, outcomes: list[SymbolOutcome], error: str | None) -> bool:
         """Record a chunk's outcomes; the last chunk of a cycle writes the cycle's final row. True if it did.
 
         One transaction, under a row lock on the cycle's ``etl_runs`` row: chunks finishing at once
-        complete the cycle exactly once, and a chunk already done (a duplicate run) changes nothing.
+        complete the cycle exactly once, a chunk already done (a duplicate run) changes nothing, and a
+        cycle no longer ``running`` is never written again.
         """
+        return self._complete(run_id, chunk_no, outcomes, error)[1]
+
+    def _complete(self, run_id: int, chunk_no: int, outcomes: list[SymbolOutcome], error: str | None) -> tuple[bool, bool]:
+        """:meth:`complete_chunk`; (whether this call recorded the chunk, whether it settled the cycle)."""
         c = cluster_chunks.c
         now = self.clock.now()
         with translate_db_errors("completing a chunk"), self.engine.begin() as conn:
@@ -448,22 +549,55 @@ class ClusterNode:
                 .returning(c.chunk_no)
             ).scalar()  # fmt: skip
             if done is None or run is None:
-                return False
+                return done is not None, False
             left = conn.execute(sa.select(sa.func.count()).where(c.run_id == run_id, c.status != "done")).scalar_one()
             if left:
-                return False
+                return True, False
             cycle = CycleResult(job_name=run["job_name"], provider=run["provider"], started_at=run["started_at"],
                                 interval=run["interval"], symbols_requested=run["symbols_requested"], run_id=run_id)  # fmt: skip
             for (parts,) in conn.execute(sa.select(c.outcomes).where(c.run_id == run_id).order_by(c.chunk_no)):
                 cycle.outcomes += [_outcome(d) for d in parts["outcomes"]]
                 cycle.error = cycle.error or parts["error"]
             cycle.settle(now)
-            ledger = RunLedger(self.engine, self.pipeline_for(cycle.provider, None).redact)
-            conn.execute(etl_runs.update().where(etl_runs.c.id == run_id)
-                         .values(**ledger.final_values(cycle, keep_credited_rows=True)))  # fmt: skip
+            ledger = RunLedger(self.engine, self._redactor(cycle.provider))
+            settled = conn.execute(etl_runs.update().where(etl_runs.c.id == run_id, etl_runs.c.status == "running")
+                                   .values(**ledger.final_values(cycle, keep_credited_rows=True))).rowcount  # fmt: skip
+        if not settled:
+            log.warning("run %d was settled already (%s): its last chunk %d left it as it was", run_id, run["status"], chunk_no)
+            return True, False
         duration = (now - cycle.started_at).total_seconds()
-        self.pipeline_for(cycle.provider, None).report_cycle(cycle, duration)
-        return True
+        try:
+            self.pipeline_for(cycle.provider, None).report_cycle(cycle, duration)
+        except Exception as exc:  # noqa: BLE001 - the row is written; only the metrics and the cycle's log line are lost
+            log.warning("run %d settled %s, but its cycle could not be reported: %s", run_id, cycle.status.value,
+                        self.redact(str(exc)))  # fmt: skip
+        return True, True
+
+    def _redactor(self, provider: str) -> Callable[[str], str]:
+        """The provider's pipeline's ``redact``, or this node's when that pipeline cannot be built here."""
+        try:
+            return self.pipeline_for(provider, None).redact
+        except Exception:  # noqa: BLE001 - e.g. the provider's settings are missing on this node
+            return self.redact
+
+    def _dedupe_rejections(self, run_id: int, interval: str, symbols: Sequence[str]) -> int:
+        """Delete the ``rejected_bars`` rows of ``run_id`` and ``symbols`` that an earlier attempt had already
+        recorded (same provider, raw timestamp, reason and excerpt, seen earlier); returns how many.
+
+        Copies recorded by one call (same ``seen_at``: the provider sent the record twice) are kept.
+        """
+        r, first = rejected_bars, rejected_bars.alias("first_seen")
+        seen_before = sa.exists().where(
+            first.c.run_id == r.c.run_id, first.c.provider == r.c.provider, first.c.symbol == r.c.symbol,
+            first.c.interval == r.c.interval, first.c.raw_ts == r.c.raw_ts, first.c.reason == r.c.reason,
+            first.c.excerpt.is_not_distinct_from(r.c.excerpt), first.c.seen_at < r.c.seen_at,
+        )  # fmt: skip
+        with translate_db_errors("dropping rejections recorded twice"), self.engine.begin() as conn:
+            n = conn.execute(r.delete().where(r.c.run_id == run_id, r.c.interval == interval, r.c.symbol.in_(list(symbols)),
+                                              seen_before)).rowcount  # fmt: skip
+        if n:
+            log.info("run %d: %d rejection(s) a retried chunk recorded again were dropped", run_id, n)
+        return n
 
 
 def _queue_depths(conn: sa.Connection) -> dict[str, dict[str, int]]:
