@@ -267,10 +267,10 @@ def test_next_run_time_is_the_session_trigger_s(running):
 @pytest.mark.parametrize(
     ("running", "column", "value"),
     [
-        # values the table's CHECK constraints let through (interval_minutes > 0, session IN (...))
+        # values the table's CHECK constraints let through (interval_minutes finite and > 0, session IN (...))
         ("sqlite", "interval_minutes", 1e-9),  # used to raise out of the sync loop and stop the service
         ("sqlite", "interval_minutes", 1e300),
-        ("postgresql", "interval_minutes", float("nan")),  # 'NaN' > 0 holds in PostgreSQL
+        ("postgresql", "interval_minutes", 1e-9),  # > 0, so the CHECK lets it in; under the 1-second minimum
         ("sqlite", "exchange", "XNOPE"),
         ("sqlite", "bar_interval", "7min"),
         ("sqlite", "symbols", ""),
