@@ -23,41 +23,20 @@ import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
-from dotenv import find_dotenv, load_dotenv  # noqa: E402
-from pythonjsonlogger.json import JsonFormatter  # noqa: E402
+from dotenv import load_dotenv  # noqa: E402
 
 import cli  # noqa: E402
 from app import App  # noqa: E402
 from db import describe_url  # noqa: E402
 from errors import ConfigError, LoadError, SchedulingError  # noqa: E402
-from etl.redact import RedactingFormatter, Redactor  # noqa: E402
+from etl.redact import Redactor  # noqa: E402
+from logs import configure_logging  # noqa: E402
 from scheduler import install_signal_handlers  # noqa: E402
 from scheduler.shutdown import exit_now_if_threads_linger, pipeline_deadline_seconds  # noqa: E402
 from scheduler.systemd import Notifier  # noqa: E402
 from settings import Settings  # noqa: E402
 
 log = logging.getLogger("marketpoll")
-
-
-def configure_logging(level: str, redactor: Redactor, fmt: str = "text") -> None:
-    """One stderr handler; every line (tracebacks included) goes through the redactor.
-
-    ``fmt="json"``: one JSON object per line (``time``, ``level``, ``logger``, ``message``, and
-    ``exc_info`` for tracebacks), for journald and log shippers.
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        inner = JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                              rename_fields={"asctime": "time", "levelname": "level", "name": "logger"})  # fmt: skip
-    else:
-        inner = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handler.setFormatter(RedactingFormatter(inner, redactor))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    for noisy in ("alembic", "urllib3", "apscheduler.scheduler", "apscheduler.executors.default", "pyrate_limiter",
-                  "procrastinate", "uvicorn.error"):  # fmt: skip
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def dispatch(app: App, args) -> int:
@@ -97,7 +76,8 @@ def dispatch(app: App, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse_args(argv)
-    load_dotenv(find_dotenv(usecwd=True))  # .env in the working directory or above; real env vars win
+    # .env of the working directory only (a parent directory's is never read); real env vars win
+    load_dotenv(os.path.join(os.getcwd(), ".env"))
     try:
         settings = Settings.from_env(
             os.environ,
