@@ -9,7 +9,9 @@
 
 State: the previous value per (series, field) for crossings, seeded from the newest stored bars at
 :meth:`AlertService.start`; armed/disarmed per (rule, subject), read from ``alert_events`` (a firing not
-cleared = disarmed, see :mod:`alerts.evaluate`). Nothing here raises into the pipeline: database errors
+cleared = disarmed, see :mod:`alerts.evaluate`). Several processes may evaluate one rule (two pollers,
+a cluster's nodes): the database holds at most one open firing per (rule, subject), so the process
+whose firing lands delivers it and the others stay quiet. Nothing here raises into the pipeline: database errors
 are logged and the evaluation is skipped.
 """
 
@@ -76,7 +78,7 @@ class AlertService:
         self._lock = threading.RLock()
         self._rules: list[Rule] = []
         self._by_symbol: dict[str, list[tuple[Rule, Condition]]] = {}
-        self._disarmed: dict[tuple[int, str], int] = {}  # (rule id, subject) -> the open firing's event id
+        self._disarmed: dict[tuple[int, str], int] = {}  # (rule id, subject) -> the open firing's event id (0: another process's)
         self._previous: dict[tuple[str, str, str, str], Decimal] = {}  # (provider, symbol, interval, field) -> value
         self._invalid_seen: set[str] = set()
         self._stop = threading.Event()
@@ -256,11 +258,14 @@ class AlertService:
             if s.fire:
                 firing = Firing(rule, subject, value, now, text())
                 event_id = self.store.record_firing(firing)
-                self._disarmed[key] = event_id
+                self._disarmed[key] = event_id or 0
+                if event_id is None:  # another process (a second poller, a cluster node) fired it: it delivers
+                    log.debug("alert %s on %s already fired by another process", rule.name, subject)
+                    return
             elif s.clear and open_id is not None:
-                self.store.clear(open_id, now)
+                if self.store.clear(rule.id, subject, now):
+                    log.info("alert %s on %s cleared", rule.name, subject)
                 del self._disarmed[key]
-                log.info("alert %s on %s cleared", rule.name, subject)
                 return
             else:
                 return

@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from alerts.base import DeliveryStatus, Firing, Rule, RuleKind
 from alerts.evaluate import COUNTED_STATUSES, ERROR_RATE_WINDOW_CYCLES
@@ -107,21 +109,29 @@ class AlertStore:
 
     # -- events --------------------------------------------------------------------------
 
-    def record_firing(self, firing: Firing) -> int:
-        """Insert a firing as ``pending``; returns its ``alert_events.id``."""
+    def record_firing(self, firing: Firing) -> int | None:
+        """Insert a firing as ``pending``; returns its ``alert_events.id``, or None when (rule, subject)
+        already has an open firing (another process fired it first: the ``alert_events_one_open``
+        index fences the firing, so it is recorded and delivered once)."""
         value = None if firing.value is None else Decimal(str(firing.value))
+        insert = (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(alert_events)
+        stmt = insert.values(
+            rule_id=firing.rule.id, rule_name=firing.rule.name, subject=firing.subject, value=value,
+            message=firing.text, fired_at=firing.fired_at, delivery_status=DeliveryStatus.PENDING.value, attempts=0,
+        ).on_conflict_do_nothing(
+            index_elements=["rule_id", "subject"], index_where=alert_events.c.cleared_at.is_(None)
+        ).returning(alert_events.c.id)  # fmt: skip
         with translate_db_errors("recording an alert"), self.engine.begin() as conn:
-            return conn.execute(
-                sa.insert(alert_events).values(
-                    rule_id=firing.rule.id, rule_name=firing.rule.name, subject=firing.subject, value=value,
-                    message=firing.text, fired_at=firing.fired_at, delivery_status=DeliveryStatus.PENDING.value, attempts=0,
-                ).returning(alert_events.c.id)
-            ).scalar_one()  # fmt: skip
+            return conn.execute(stmt).scalar_one_or_none()
 
-    def clear(self, event_id: int, at: datetime) -> None:
-        """Mark a firing cleared at ``at`` (its condition stopped holding: the rule is armed again)."""
+    def clear(self, rule_id: int, subject: str, at: datetime) -> bool:
+        """Mark the open firing of (rule, subject) cleared at ``at`` (its condition stopped holding: the
+        rule is armed again). False when none was open (another process cleared it first)."""
         with translate_db_errors("clearing an alert"), self.engine.begin() as conn:
-            conn.execute(sa.update(alert_events).where(alert_events.c.id == event_id).values(cleared_at=at))
+            return bool(conn.execute(
+                sa.update(alert_events).where(alert_events.c.rule_id == rule_id, alert_events.c.subject == subject,
+                                              alert_events.c.cleared_at.is_(None)).values(cleared_at=at)
+            ).rowcount)  # fmt: skip
 
     def record_delivery(
         self, event_id: int, status: DeliveryStatus, attempts: int, error: str | None, at: datetime | None

@@ -62,7 +62,8 @@ class RejectStore:
         run_id: int | None = None,
     ) -> int:
         """Insert the first :data:`MAX_STORED_PER_CALL` of ``rejections`` in one statement and one
-        transaction (all or none) and return how many rows were written.
+        transaction (all or none) and return how many rows were written. With a ``run_id``, a
+        rejection that run recorded already (it fetched the symbol again) is not stored twice.
 
         The rest are not stored: the audit trail keeps examples, while the cycle's full count
         stays in ``etl_runs.rows_rejected``. ``seen_at`` must be timezone-aware (stored as UTC).
@@ -95,5 +96,25 @@ class RejectStore:
             for r in kept
         ]
         with translate_db_errors("writing rejected_bars"), self.engine.begin() as conn:
-            conn.execute(rejected_bars.insert(), rows)
+            if run_id is not None:  # the run fetched these symbols before (a retry pass, a retried chunk)
+                rows = self._new_to_run(conn, rows, run_id, provider, interval)
+            if rows:
+                conn.execute(rejected_bars.insert(), rows)
         return len(rows)
+
+    @staticmethod
+    def _new_to_run(conn: sa.Connection, rows: list[dict], run_id: int, provider: str, interval: str) -> list[dict]:
+        """``rows`` less those ``run_id`` recorded already (same symbol, ``raw_ts``, reason and excerpt): a
+        run that fetches a symbol again stores its rejections once. Copies within ``rows`` (a record the
+        provider sent twice in one reply) are all kept."""
+        r = rejected_bars.c
+        known = {
+            tuple(row) for row in conn.execute(
+                sa.select(r.symbol, r.raw_ts, r.reason, r.excerpt).where(
+                    r.run_id == run_id, r.provider == provider, r.interval == interval,
+                    r.symbol.in_(sorted({row["symbol"] for row in rows})))
+            )
+        }  # fmt: skip
+        if not known:
+            return rows
+        return [row for row in rows if (row["symbol"], row["raw_ts"], row["reason"], row["excerpt"]) not in known]

@@ -140,6 +140,7 @@ rejected_bars = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("excerpt", sa.Text),
     sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("rejected_bars_run_id", "run_id"),  # a cycle's rejections (0011)
 )
 
 scheduled_jobs = sa.Table(
@@ -246,4 +247,13 @@ alert_events = sa.Table(
         "delivery_status IN ('pending', 'delivered', 'failed', 'dropped')", name="alert_events_delivery_status_check"
     ),
     sa.Index("alert_events_rule_subject", "rule_id", "subject", "id"),
+    # at most one open firing per (rule, subject): two processes evaluating one rule send it once (0010)
+    sa.Index(
+        "alert_events_one_open",
+        "rule_id",
+        "subject",
+        unique=True,
+        postgresql_where=sa.text("cleared_at IS NULL"),
+        sqlite_where=sa.text("cleared_at IS NULL"),
+    ),  # fmt: skip
 )

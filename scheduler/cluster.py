@@ -28,7 +28,7 @@ else is shared, and nothing else is needed.
   ``cancelled`` or ``aborted`` with nobody recording it (a worker killed on the last attempt, the
   database away at that moment), under the same row lock: no cycle stays ``running`` for ever.
 - **A retried chunk** fetches its symbols again: the rejections an earlier attempt recorded in
-  ``rejected_bars`` for the same run and symbol are not stored twice (the first copy is kept).
+  ``rejected_bars`` for the same run and symbol are not stored twice (:class:`db.rejects.RejectStore`).
 - **A node dies** (``kill -9``, power loss): procrastinate's worker heartbeat stops; every node
   looks for stalled jobs (:meth:`procrastinate.manager.JobManager.get_stalled_jobs`, no heartbeat
   for ``stalled_after_seconds``) and puts them back in the queue; another node runs them again.
@@ -64,7 +64,7 @@ from clock import Clock, SystemClock
 from db.engine import describe_url, translate_db_errors
 from db.jobs import JobDefinition
 from db.ledger import HOST, NODE, RunLedger, claim_statement
-from db.tables import cluster_chunks, cluster_nodes, etl_runs, rejected_bars
+from db.tables import cluster_chunks, cluster_nodes, etl_runs
 from errors import ConfigError, LoadError
 from etl import metrics
 from etl.pipeline import EtlPipeline
@@ -490,12 +490,6 @@ class ClusterNode:
             log.exception("run %d chunk %d failed", run_id, chunk_no)
             why = self._redactor(provider)(f"chunk {chunk_no} of run {run_id} failed on {self.node}: {exc}")
             outcomes = [SymbolOutcome(s, error=why[:CHUNK_ERROR_MAX_CHARS]) for s in symbols]
-        if started > 1:  # a retry fetched the symbols again: their rejections are on record once already
-            try:
-                self._dedupe_rejections(run_id, interval, symbols)
-            except LoadError as exc:
-                log.warning("run %d chunk %d: could not drop the rejections its retry recorded again: %s", run_id, chunk_no,
-                            exc)  # fmt: skip
         undone = len(outcomes) < len(symbols) or any(o.interrupted for o in outcomes)
         if undone and self.stop.is_set():
             with translate_db_errors("returning a chunk"), self.engine.begin() as conn:
@@ -579,25 +573,6 @@ class ClusterNode:
             return self.pipeline_for(provider, None).redact
         except Exception:  # noqa: BLE001 - e.g. the provider's settings are missing on this node
             return self.redact
-
-    def _dedupe_rejections(self, run_id: int, interval: str, symbols: Sequence[str]) -> int:
-        """Delete the ``rejected_bars`` rows of ``run_id`` and ``symbols`` that an earlier attempt had already
-        recorded (same provider, raw timestamp, reason and excerpt, seen earlier); returns how many.
-
-        Copies recorded by one call (same ``seen_at``: the provider sent the record twice) are kept.
-        """
-        r, first = rejected_bars, rejected_bars.alias("first_seen")
-        seen_before = sa.exists().where(
-            first.c.run_id == r.c.run_id, first.c.provider == r.c.provider, first.c.symbol == r.c.symbol,
-            first.c.interval == r.c.interval, first.c.raw_ts == r.c.raw_ts, first.c.reason == r.c.reason,
-            first.c.excerpt.is_not_distinct_from(r.c.excerpt), first.c.seen_at < r.c.seen_at,
-        )  # fmt: skip
-        with translate_db_errors("dropping rejections recorded twice"), self.engine.begin() as conn:
-            n = conn.execute(r.delete().where(r.c.run_id == run_id, r.c.interval == interval, r.c.symbol.in_(list(symbols)),
-                                              seen_before)).rowcount  # fmt: skip
-        if n:
-            log.info("run %d: %d rejection(s) a retried chunk recorded again were dropped", run_id, n)
-        return n
 
 
 def _queue_depths(conn: sa.Connection) -> dict[str, dict[str, int]]:

@@ -285,6 +285,63 @@ def test_stale_series_and_job_with_a_manual_clock(db, manual_clock, hook):
     assert all(r["cleared_at"] is not None for r in events(db))  # the close cleared both
 
 
+def test_two_processes_evaluating_one_rule_send_it_once(db, manual_clock, hook):
+    """Two pollers (or cluster nodes) on one database both find TSLA stale: the firing is recorded and
+    delivered once, and either one clearing it re-arms the rule for both."""
+    store = AlertStore(db)
+    make_loader(db).load_many([[_bar("TSLA", datetime(2024, 3, 11, 14, 30, tzinfo=UTC))]])
+    store.put(Rule("tsla-stale", RuleKind.STALE, webhook=hook.url, subject="TSLA", threshold=15, exchange="XNYS",
+                   sessions=("regular",)), manual_clock.now())  # fmt: skip
+    first, second = service(db, manual_clock), service(db, manual_clock)  # each read the rule armed
+    manual_clock.set(FIXED_NOW)  # 25 min since TSLA's bar ended
+    first.tick()
+    second.tick()
+    second.tick()
+    assert first.deliverer.drain(5) and second.deliverer.drain(5)
+    assert [b["alert"]["subject"] for b in hook.bodies] == ["TSLA"]
+    assert [(r["subject"], r["cleared_at"]) for r in events(db)] == [("TSLA", None)]
+
+    make_loader(db).load_many([[_bar("TSLA", datetime(2024, 3, 11, 14, 55, tzinfo=UTC))]])
+    second.tick()  # fresh again: the second process clears the firing the first one recorded
+    assert events(db)[0]["cleared_at"] is not None
+    make_loader(db).load_many([[_bar("TSLA", datetime(2024, 3, 11, 15, 0, tzinfo=UTC))]])
+    manual_clock.set(datetime(2024, 3, 11, 15, 30, tzinfo=UTC))  # stale again: 25 min since 15:05
+    first.tick()  # re-reads the state (cleared), so it fires again
+    second.tick()
+    for svc in (first, second):
+        svc.close()
+    assert [b["alert"]["subject"] for b in hook.bodies] == ["TSLA", "TSLA"]
+    assert [r["cleared_at"] is None for r in events(db)] == [False, True]
+
+
+def test_the_migration_keeps_one_open_firing_of_a_double_send(tmp_path):
+    """A database that recorded the same alert twice (before 0010) upgrades: the newest stays open."""
+    from alembic import command
+
+    from db.migrate import _config
+
+    eng = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+
+    def migrate_to(revision: str) -> None:
+        with eng.begin() as conn:
+            cfg = _config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    migrate_to("0009")
+    fired = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)
+    with eng.begin() as conn:
+        for i in range(3):
+            row = {"rule_id": 1, "rule_name": "r", "subject": "TSLA", "message": "m", "delivery_status": "delivered"}
+            conn.execute(sa.insert(alert_events).values(**row, fired_at=fired + timedelta(minutes=i)))
+    migrate_to("head")
+    assert [r["cleared_at"] is None for r in events(eng)] == [False, False, True]
+    with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:  # a second open firing is refused
+        conn.execute(sa.insert(alert_events).values(rule_id=1, rule_name="r", subject="TSLA", message="m", fired_at=fired,
+                                                    delivery_status="pending"))  # fmt: skip
+    eng.dispose()
+
+
 def test_error_rate_from_etl_runs(db, manual_clock, hook):
     def runs(*statuses: str) -> None:
         with db.begin() as conn:

@@ -66,6 +66,28 @@ def test_reject_store_records_what_and_why(engine):
     assert {_utc(r["seen_at"]) for r in rows} == {SEEN}
 
 
+def test_a_run_that_fetches_a_symbol_again_stores_its_rejections_once(engine):
+    """A retry pass (or a retried cluster chunk) sees the same bad records: one row each per run; a
+    record sent twice in one reply keeps both copies; another run records its own."""
+    store = RejectStore(engine)
+    twice = [Rejection("IBM", "k1", "conflict", "a"), Rejection("IBM", "k1", "conflict", "a")]
+    assert store.record([*twice, Rejection("MSFT", "k2", "bad", "b")], provider="demo", interval="1min", seen_at=SEEN,
+                        run_id=5) == 3  # fmt: skip
+    again = [*twice, Rejection("IBM", "k3", "new", "c"), Rejection("MSFT", "k2", "bad", "b")]
+    assert store.record(again, provider="demo", interval="1min", seen_at=SEEN, run_id=5) == 1  # only k3 is new
+    assert store.record(again, provider="demo", interval="1min", seen_at=SEEN, run_id=6) == 4
+    assert sorted((r["run_id"], r["raw_ts"]) for r in _stored(engine)) == [
+        (5, "k1"),
+        (5, "k1"),
+        (5, "k2"),
+        (5, "k3"),
+        (6, "k1"),
+        (6, "k1"),
+        (6, "k2"),
+        (6, "k3"),
+    ]
+
+
 def test_reject_store_without_a_run_and_without_rejections(engine):
     store = RejectStore(engine)
     assert store.record([], provider="demo", interval="1min", seen_at=SEEN) == 0
