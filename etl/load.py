@@ -35,6 +35,11 @@ statement (before ``COMMIT``), one ``NOTIFY marketpoll_bars`` per series changed
 (:func:`_notify_statements`; payload: :func:`etl.events.bar_payload`), so listeners hear of a
 load only once it committed. A load that writes nothing notifies nothing.
 
+An ``adj_close`` of None means "not sent" (every fetch but an adjusted one), never "erase it": on every path
+above and on SQLite, a bar without one whose OHLCV equal the stored row's leaves that row as it is (not
+written, not counted, ``ingested_at`` kept), and one whose OHLCV changed is written with ``adj_close`` NULL
+(the stored adjusted close belonged to the old bar). A bar with an ``adj_close`` is compared and written whole.
+
 Values travel as the provider's decimal text; duplicate keys are removed first (the
 last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``; their
 events go through the in-process bus (:mod:`etl.events` listeners) instead.
@@ -53,6 +58,7 @@ from array import array
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import NamedTuple
 
 import psycopg2
@@ -99,13 +105,22 @@ _CREATE_STAGE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (provider text, symbol text, interval text, ts timestamptz, "
     "open numeric, high numeric, low numeric, close numeric, volume numeric, adj_close numeric) ON COMMIT DELETE ROWS"
 )
-_CHANGED = f"({', '.join('b.' + v for v in _VALUES)}) IS DISTINCT FROM ({', '.join('EXCLUDED.' + v for v in _VALUES)})"
+#: Whether an incoming row changes the stored one. An incoming NULL ``adj_close`` means "not sent" (an unadjusted
+#: fetch), not "no adjusted close": it counts as equal to the stored one, so re-polling unadjusted what was once
+#: loaded ``--adjusted`` changes nothing. When OHLCV changed, :data:`_SET` writes it as NULL all the same: the
+#: stored adjusted close belonged to the old bar.
+_CHANGED = (
+    f"({', '.join('b.' + v for v in _VALUES)}) IS DISTINCT FROM "
+    f"({', '.join('EXCLUDED.' + v for v in BAR_VALUES)}, coalesce(EXCLUDED.adj_close, b.adj_close))"
+)
 _SET = ", ".join(f"{v} = EXCLUDED.{v}" for v in _VALUES) + ", ingested_at = now()"
 #: The diff of the staged bars against ``bars``; one row per series written: (provider, symbol, interval, rows).
 #: ``bars`` is read only by primary-key range scans, one per staged series (``OFFSET 0`` keeps the
 #: LATERAL subquery from being pulled up into a join the planner could hash); ``EXCEPT`` compares
 #: ``numeric`` by value (``1.50`` equals ``1.5``), like ``IS DISTINCT FROM``. Only new or changed
-#: rows reach ``ON CONFLICT``, whose ``WHERE`` skips a row a concurrent writer already made equal.
+#: rows reach ``ON CONFLICT``, whose ``WHERE`` skips a row a concurrent writer already made equal. A stored row
+#: with an adjusted close also stands in the diff without it: a staged row that sends none (NULL) and equal
+#: OHLCV is unchanged (see :data:`_CHANGED`).
 _MERGE = f"""
 WITH r AS (
     SELECT provider, symbol, interval, min(ts) AS lo, max(ts) AS hi FROM {_STAGE} GROUP BY provider, symbol, interval
@@ -113,7 +128,9 @@ WITH r AS (
     SELECT {_COL_LIST} FROM {_STAGE}
     EXCEPT
     SELECT c.* FROM r CROSS JOIN LATERAL (
-        SELECT {", ".join("b." + c for c in _COLS)} FROM bars b
+        SELECT {", ".join("b." + c for c in _COLS[:-1])}, unnest(CASE WHEN b.adj_close IS NULL THEN ARRAY[NULL::numeric]
+                                                     ELSE ARRAY[b.adj_close, NULL] END)
+        FROM bars b
         WHERE b.provider = r.provider AND b.symbol = r.symbol AND b.interval = r.interval AND b.ts BETWEEN r.lo AND r.hi
         OFFSET 0
     ) c
@@ -151,6 +168,8 @@ SELECT 1 / (coalesce((SELECT ok FROM m), false) AND (SELECT count(*) FROM w) = %
 #: Bars to write in one group up to which :data:`_UPSERT` is used, above which :data:`_MERGE`.
 _INLINE_MAX = 256
 Series = tuple[str, str, str]  # (provider, symbol, interval)
+_TS = itemgetter(3)  # a Bar's ts
+_NO_ADJ = (None,)  # ``bar[3:9] + _NO_ADJ`` is ``bar[3:]`` re-fetched without its adjusted close
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -293,6 +312,7 @@ class _Entry(NamedTuple):
     mark: datetime  # the series' newest stored ts then (its watermark)
     oldest: datetime  # ts of the oldest bar remembered: older ones are read from the database
     fingerprints: array  # sorted ``hash(bar[3:])`` of its newest bars, as committed
+    unadjusted: array  # sorted ``hash(bar[3:9] + (None,))`` of those with an adjusted close: them re-fetched unadjusted
     uses: int  # loads answered from this entry since its series was last compared with the database (from its phase)
 
 
@@ -301,7 +321,11 @@ class SeriesMemory:
 
     Bounded: at most ``max_series`` series (least recently loaded forgotten first) and the newest
     ``bars_per_series`` bars of each, kept as 64-bit fingerprints (``hash`` of ``ts`` and the
-    values' text, ``adj_close`` included; 8 bytes a bar). Filled only after a commit, with what that commit left in the
+    values' text, ``adj_close`` included; 8 bytes a bar). A bar with an adjusted close has a second one, of
+    the same bar without it (16 bytes a bar): an unadjusted re-fetch sends it so (``adj_close`` None, which
+    changes nothing when OHLCV are equal; see :data:`_CHANGED`), and must be found unchanged here too. A bar
+    whose ``adj_close`` is None thus matches a remembered bar of equal OHLCV whatever its adjusted close; one
+    with an adjusted close matches only the same adjusted close. Filled only after a commit, with what that commit left in the
     database; a load that fails or rolls back forgets every series it touched. Thread-safe: when
     two loads of the same series overlap (two jobs of one process), each forgets the series at its end.
 
@@ -393,8 +417,9 @@ class SeriesMemory:
             fingerprints, oldest = None, rows[0].ts
         if fingerprints is None:
             fingerprints = array("q", sorted([hash(b[3:]) for b in rows]))
+        unadjusted = array("q", sorted([hash(b[3:9] + _NO_ADJ) for b in rows if b[9] is not None]))
         uses = used.uses + 1 if used is not None else self._phase(series)
-        return _Entry(newest if mark is None or newest > mark else mark, oldest, fingerprints, uses)
+        return _Entry(newest if mark is None or newest > mark else mark, oldest, fingerprints, unadjusted, uses)
 
     def _phase(self, series: Series) -> int:
         """Uses a freshly diffed entry starts at, fixed per series: spreads the series' re-checks over cycles."""
@@ -416,6 +441,40 @@ def _notify_statements(cur, by_series: dict[Series, list[Bar]], span: dict, writ
             bar = next(b for b in reversed(batch) if b.ts == newest)
             payloads.append(payload_json(bar, written[s]))
     return [cur.mogrify(_NOTIFY, (payloads,)).decode()] if payloads else []
+
+
+def _compare_with_stored(batch: list[Bar], text: str, us_text: dict[datetime, str], changed: list[Bar]) -> int:
+    """Compare ``batch`` (bars of one series) with ``text``, its stored bars over their ``ts`` range as
+    :data:`db.queries.SERIES_STATE_SQL` reads them; append those that would change their row to ``changed``
+    and return how many would not. Exact text only: numerically equal text that differs is merely written
+    and found equal by the database. An ``adj_close`` of None was not sent: any stored one is kept.
+
+    ``us_text`` caches each ``ts`` as that text writes it (microseconds since the epoch). The usual case, every
+    bar the same as its row (a re-load after a restart), costs one string comparison of the whole series.
+    """
+    batch = sorted(batch, key=_TS)  # as the rows are read
+    lines = []
+    for b in batch:
+        t = us_text.get(b[3])
+        if t is None:
+            t = us_text[b[3]] = str((b[3] - _EPOCH) // _MICROSECOND)
+        lines.append(f"{t} {b[4]} {b[5]} {b[6]} {b[7]} {'' if b[8] is None else b[8]} {'' if b[9] is None else b[9]}")
+    if "\n".join(lines) == text:  # the same rows, in the same order, with the same text
+        return len(batch)
+    # row by row, "ts_us" -> "open high low close volume adj_close": numeric text holds no space, so a bar whose
+    # values joined the same way give that text has those values, field by field
+    old = dict(line.split(" ", 1) for line in text.split("\n"))
+    same = 0
+    for b, line in zip(batch, lines, strict=True):
+        key, values = line.split(" ", 1)
+        row = old.get(key)
+        if row is not None and (row == values if b[9] is not None else row.startswith(values)):
+            # an adj_close of None ends ``values`` with a space and an empty field: a row that starts with it has
+            # the same five fields first, whatever its adjusted close
+            same += 1
+        else:
+            changed.append(b)
+    return same
 
 
 def _by_series(rows: Sequence[Bar]) -> tuple[dict[Series, list[Bar]], dict[Series, tuple[datetime, datetime]]]:
@@ -588,7 +647,7 @@ class PostgresBarLoader(BarLoader):
             if len(batch) == len(entry.fingerprints) and entry.fingerprints == ordered:
                 hits = len(batch)  # the identical re-load
             else:
-                known, mark, hits = set(entry.fingerprints), entry.mark, 0
+                known, mark, hits = {*entry.fingerprints, *entry.unadjusted}, entry.mark, 0
                 for b, f in zip(batch, fingerprints, strict=True):
                     if b.ts <= mark and f in known:
                         hits += 1
@@ -614,14 +673,13 @@ class PostgresBarLoader(BarLoader):
                                       [span[s][1] if r else None for s, r in zip(series, reads, strict=True)],
                                       list(cap.values())))  # fmt: skip
         marks: dict[Series, int | None] = {}
-        stored: dict[Series, dict[str, str]] = {}
+        stored: dict[Series, str] = {}  # "ts_us open high low close volume adj_close" lines: a NULL is an empty field
         for ord_, mark, text in tx.cur.fetchall():
             s = series[ord_ - 1]
             marks[s] = mark
-            if text is not None:  # "ts_us open high low close volume adj_close" lines: a NULL is an empty field
-                # kept as text, "ts_us" -> "open high low close volume adj_close": numeric text holds no space, so
-                # a bar whose values joined the same way give that text has those values, field by field
-                stored[s] = dict(line.split(" ", 1) for line in text.split("\n"))
+            if text is not None:
+                stored[s] = text
+        us_text: dict[datetime, str] = {}  # the series of a group mostly share their timestamps
         fresh, changed, entries = [], [], {}
         appended: Counter[Series] = Counter()
         paths = Counter()
@@ -637,7 +695,7 @@ class PostgresBarLoader(BarLoader):
             if entry is not None and entry.mark != mark:
                 entry = None  # someone else appended or deleted its newest bars: write them all
             old = stored.get(s)
-            if old is not None and len(old) >= cap[s]:
+            if old is not None and old.count("\n") + 1 >= cap[s]:
                 old = None  # the range holds more than was read: write them all
             fingerprints = [hash(b[3:]) for b in batch]
             ordered = array("q", sorted(fingerprints))
@@ -646,19 +704,20 @@ class PostgresBarLoader(BarLoader):
             if len(batch) == len(remembered) and remembered == ordered:
                 hits = len(batch)  # the identical re-load: every bar remembered
             else:
-                known = set(remembered)
+                known = {*remembered, *entry.unadjusted} if entry is not None else set()
+                compare = []
                 for b, f in zip(batch, fingerprints, strict=True):
                     if b.ts > mark:
                         fresh.append(b)
                         appended[s] += 1
                     elif f in known:
                         hits += 1
-                    elif old is not None and old.get(str((b.ts - _EPOCH) // _MICROSECOND)) == (
-                        f"{b[4]} {b[5]} {b[6]} {b[7]} {'' if b[8] is None else b[8]} {'' if b[9] is None else b[9]}"
-                    ):
-                        same += 1
                     else:
-                        changed.append(b)
+                        compare.append(b)
+                if compare and old is not None:
+                    same = _compare_with_stored(compare, old, us_text, changed)
+                else:
+                    changed += compare
             paths["remembered"] += hits
             paths["compared"] += same
             entries[s] = self.memory.entry(s, batch, ordered, span[s], mark, entry if hits else None)
@@ -697,7 +756,11 @@ class SqlAlchemyBarLoader(BarLoader):
         self._stmt = stmt.on_conflict_do_update(
             index_elements=list(BAR_KEY),
             set_={**{v: excluded[v] for v in _VALUES}, "ingested_at": sa.func.now()},
-            where=sa.or_(*(bars.c[v].is_distinct_from(excluded[v]) for v in _VALUES)),
+            # an adj_close of None was not sent: it changes nothing alone (see _CHANGED), yet is written with new OHLCV
+            where=sa.or_(
+                *(bars.c[v].is_distinct_from(excluded[v]) for v in BAR_VALUES),
+                bars.c.adj_close.is_distinct_from(sa.func.coalesce(excluded.adj_close, bars.c.adj_close)),
+            ),
         )
 
     def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
