@@ -396,9 +396,15 @@ class App:
         return node
 
     def run_worker(self, *, stalled_after_seconds: float = 30.0) -> int:
-        """--worker: a fetch-only cluster node (no scheduler) until a signal; ConfigError unless PostgreSQL."""
+        """--worker: a fetch-only cluster node (no scheduler) until a signal; ConfigError unless PostgreSQL.
+
+        Its loads are evaluated against the alert rules like a scheduler node's (alerts/service.py): the
+        chunks a worker runs are loads no other node sees. The alert engine stops with the App (``close``),
+        after the node has stopped: queued deliveries get their few seconds.
+        """
         node = self._cluster_node("worker", stalled_after_seconds)
         log.info("cluster worker on database %s", describe_url(self.settings.database_url))
+        self.start_alerts()  # before the node builds a pipeline (pipelines copy the listeners)
         node.start()
         self.notifier.ready(f"cluster worker: {node.workers} chunk(s) at once")
         try:

@@ -83,8 +83,8 @@ def _add(app, args) -> int:
     stored, replaced = store.put(rule, app.clock.now())
     channels = [c for c in (stored.as_dict()["webhook"], ", ".join(stored.emails)) if c]
     print(f"{'replaced existing' if replaced else 'added'} alert {stored.name!r}: {stored.describe()} -> {'; '.join(channels)} "
-          f"(in {describe_url(app.settings.database_url)}; the polling modes, --stream and --run-scheduled-jobs "
-          "evaluate it)")  # fmt: skip
+          f"(in {describe_url(app.settings.database_url)}; the polling modes, --stream, --run-scheduled-jobs "
+          "and --worker evaluate it)")  # fmt: skip
     if stored.emails and not (app.settings.env.get("SMTP_URL") or "").strip():
         print("main.py: warning: SMTP_URL is not set here: the process that evaluates this alert needs it to send email",
               file=sys.stderr)  # fmt: skip

@@ -7,8 +7,12 @@ sends each firing to every channel of its rule, each retried with tenacity (at m
 ``max_delay_seconds``; only transient failures are retried), then writes the outcome to ``alert_events``
 (``delivered`` | ``failed``, requests made, which channel failed and why, redacted).
 
-Webhook: ``POST`` ``{"text": "...", "alert": {"rule", "kind", "subject", "value", "fired_at"}}`` with a
-10 s deadline; 2xx is accepted, 408/429/5xx and network errors are transient, other statuses terminal.
+Webhook: ``POST`` ``{"text": "...", "alert": {"rule", "kind", "subject", "value", "fired_at"}}`` with one
+10 s deadline for the whole request (connecting, sending, the reply's status line and headers; the reply's
+body is not read): a server that answers a byte at a time is cut off at the deadline, as
+:mod:`etl.http`'s watchdog cuts a GET. (Name resolution is not bounded, and a host with several addresses
+gets up to 10 s per connect attempt; a request connected after the deadline is cut at once.) 2xx is
+accepted, 408/429/5xx, network errors and a missed deadline are transient, other statuses terminal.
 Slack, Mattermost, Rocket.Chat and Discord's ``/slack`` endpoint read ``text``.
 
 Email: ``SMTP_URL`` = ``smtp://[user:password@]host[:port]`` (plain, port 25), ``smtp+starttls://...``
@@ -36,12 +40,21 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from alerts.base import DeliveryError, DeliveryStatus, Firing, redact_webhook
 from clock import Clock, SystemClock
 from errors import ConfigError, MarketpollError
+from etl.http import (  # the GET client's end-to-end deadline, reused for the webhook POST
+    _SOCKS,
+    _WATCHDOG,
+    _DeadlineAdapter,
+    _HTTPPool,
+    _HTTPSPool,
+    _TrackedHTTPConnection,
+    _TrackedHTTPSConnection,
+)
 
 __all__ = ["Deliverer", "DeliveryPolicy", "SmtpConfig", "WebhookChannel", "EmailChannel", "WEBHOOK_TIMEOUT_SECONDS"]
 
 log = logging.getLogger(__name__)
 
-#: Deadline of one webhook request (connect + reply), in seconds.
+#: Deadline of one webhook request, end to end (connect, send, the reply's status and headers), in seconds.
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 #: Deadline of each SMTP socket operation, in seconds.
 SMTP_TIMEOUT_SECONDS = 10.0
@@ -116,15 +129,76 @@ def _redact_smtp_url(url: str) -> str:
     return url
 
 
+# -- the webhook's deadline ----------------------------------------------------------------
+#
+# etl.http's watchdog shuts down, at an alarm's deadline, the socket its thread last registered (in the
+# connection's ``request``). An alarm that fires while the connection is still being opened finds no
+# socket; these connections therefore check, once registered, whether their thread's alarm has already
+# fired and cut themselves off. Either the watchdog sees the socket or the connection sees the alarm.
+
+_ALARM = threading.local()  # .alarm: the current webhook request's alarm on this thread
+
+
+def _cut_if_late(sock) -> None:
+    alarm = getattr(_ALARM, "alarm", None)
+    if sock is not None and alarm is not None and alarm.fired:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
+class _WebhookHTTPConnection(_TrackedHTTPConnection):
+    def request(self, *args, **kwargs):
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            _cut_if_late(self.sock)
+
+
+class _WebhookHTTPSConnection(_TrackedHTTPSConnection):
+    def request(self, *args, **kwargs):
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            _cut_if_late(self.sock)
+
+
+class _WebhookHTTPPool(_HTTPPool):
+    ConnectionCls = _WebhookHTTPConnection
+
+
+class _WebhookHTTPSPool(_HTTPSPool):
+    ConnectionCls = _WebhookHTTPSConnection
+
+
+class _WebhookAdapter(_DeadlineAdapter):
+    """requests' adapter whose connections report to the deadline watchdog (and check a fired alarm)."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WebhookHTTPPool, "https": _WebhookHTTPSPool}
+
+
+def _with_deadline_adapter(session: requests.Session) -> requests.Session:
+    """``session`` with :class:`_WebhookAdapter` mounted for http and https (once: its pools are kept)."""
+    for prefix in ("http://", "https://"):
+        if not isinstance(session.adapters.get(prefix), _WebhookAdapter):
+            session.mount(prefix, _WebhookAdapter())
+    return session
+
+
 class WebhookChannel:
-    """POSTs a firing as JSON to ``url`` (a secret: errors show :func:`~alerts.base.redact_webhook` of it)."""
+    """POSTs a firing as JSON to ``url`` (a secret: errors show :func:`~alerts.base.redact_webhook` of it),
+    within one end-to-end deadline of ``timeout_seconds`` (module docstring). ``session`` gets the
+    deadline's adapter mounted for http:// and https://."""
 
     name = "webhook"
 
     def __init__(self, url: str, session: requests.Session | None = None, timeout_seconds: float = WEBHOOK_TIMEOUT_SECONDS):
         self.url = url
         self.shown = redact_webhook(url)
-        self.session = session or requests.Session()
+        self.session = _with_deadline_adapter(session or requests.Session())
         self.timeout_seconds = timeout_seconds
 
     def send(self, firing: Firing) -> None:
@@ -133,13 +207,23 @@ class WebhookChannel:
             "alert": {"rule": firing.rule.name, "kind": firing.rule.kind.value, "subject": firing.subject,
                       "value": None if firing.value is None else str(firing.value), "fired_at": firing.fired_at.isoformat()},
         }  # fmt: skip
+        late = DeliveryError(f"{self.shown}: no reply within the {self.timeout_seconds:g} s deadline", transient=True)
+        me = threading.current_thread()
+        alarm = _WATCHDOG.arm(self.timeout_seconds)  # per-operation timeouts alone let a slow drip go on for ever
+        _ALARM.alarm = alarm
         try:
             with self.session.post(self.url, json=payload, timeout=self.timeout_seconds, allow_redirects=False, stream=True) as r:
                 status = r.status_code
         except requests.Timeout:
-            raise DeliveryError(f"{self.shown}: no reply within {self.timeout_seconds:g} s", transient=True) from None
+            raise late from None
         except requests.RequestException as exc:  # str(exc) would name the URL's path: its token
+            if alarm.fired:  # the watchdog cut the socket: the deadline, not the network
+                raise late from None
             raise DeliveryError(f"{self.shown}: {type(exc).__name__} (connection failed)", transient=True) from None
+        finally:
+            _WATCHDOG.disarm(alarm)
+            _ALARM.alarm = None
+            _SOCKS.pop(me, None)
         if not 200 <= status < 300:
             raise DeliveryError(f"{self.shown}: HTTP {status}", transient=status in (408, 429) or status >= 500)
 
@@ -209,7 +293,7 @@ class Deliverer:
         self.policy = policy or DeliveryPolicy()
         self.clock = clock or SystemClock()
         self.redact = redact
-        self.session = session or requests.Session()
+        self.session = _with_deadline_adapter(session or requests.Session())
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=self.policy.queue_size)
         self._stop = threading.Event()  # set at close: retries end, what is left is dropped
         self._thread = threading.Thread(target=self._work, name="alert-delivery", daemon=True)

@@ -7,9 +7,17 @@ subject) and persists it as ``alert_events.cleared_at`` (a firing not yet cleare
 restart neither repeats an alert nor forgets one that cleared.
 
 ``crosses_above`` holds when the previous value was at or below the threshold and the new one is above;
-``crosses_below`` the mirror image. The previous value is the last one seen for the same series (the
-newest bar of the previous load that changed it), seeded from the database at start; the first value
-of a series has no previous one and never crosses.
+``crosses_below`` the mirror image. The new value is that of the newest bar of the load (the bar a
+:class:`~etl.events.LoadEvent` carries); the previous value is that of the series' stored bar just before
+it: the newest bar with an earlier ``ts`` (:func:`previous_bar_cutoff`), read from the database after the
+load committed. It depends only on the stored bars, not on which process or cluster node ran the load or
+what that process loaded before, so every node gives the same answer, and a restart needs no seeding. A
+load that wrote several bars compares its newest with the one before it (which that load may have
+written too); a load that rewrote the newest bar (a bar still forming) compares the new value with the
+same previous bar, so a crossing reported once is not reported again while it holds (de-duplication
+below). A series' first bar has no previous one and never crosses. The cost: one read by the bars'
+primary key per load of a series that has a crossing rule (none for other series); a ``change_percent``
+crossing also reads that previous bar's reference bar.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from decimal import Decimal, InvalidOperation
 from alerts.grammar import Condition
 from models.bar import Bar, interval_seconds
 
-__all__ = ["Step", "step", "field_value", "holds", "reference_cutoff", "Staleness", "staleness", "error_rate", "FAILED_STATUSES",
-           "COUNTED_STATUSES", "ERROR_RATE_WINDOW_CYCLES", "ERROR_RATE_WINDOW", "ERROR_RATE_MIN_CYCLES"]  # fmt: skip
+__all__ = ["Step", "step", "field_value", "holds", "previous_bar_cutoff", "reference_cutoff", "Staleness", "staleness",
+           "error_rate", "FAILED_STATUSES", "COUNTED_STATUSES", "ERROR_RATE_WINDOW_CYCLES", "ERROR_RATE_WINDOW",
+           "ERROR_RATE_MIN_CYCLES"]  # fmt: skip
 
 #: The error-rate window: a job's last 20 finished cycles that started within the last 24 hours,
 #: and at least 3 of them before any share is computed (one failed cycle of one is no rate).
@@ -90,6 +99,12 @@ def holds(condition: Condition, value: Decimal | None, previous: Decimal | None)
     if op == "crosses_above":
         return previous <= t < value
     return previous >= t > value  # crosses_below
+
+
+def previous_bar_cutoff(bar: Bar) -> datetime:
+    """A crossing's previous value is the newest bar of the series with ``ts`` at or before this instant
+    (UTC): just before ``bar`` (module docstring)."""
+    return bar.ts - timedelta(microseconds=1)
 
 
 def reference_cutoff(bar: Bar) -> datetime:

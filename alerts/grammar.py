@@ -6,11 +6,18 @@
     SYMBOL    := a ticker as models.bar.SYMBOL_RE accepts it (upper-cased): TSLA, BRK.B, BTC-USD
     FIELD     := open | high | low | close | volume | change_percent
     OP        := > | >= | < | <= | crosses_above | crosses_below
-    NUMBER    := [+-] digits [. digits] [e|E [+-] digits]   ASCII, finite, at most 40 characters
+    NUMBER    := [+-] digits [. digits] [e|E [+-] digits]   finite, at most 40 significant digits,
+                 its exponent (of the leading digit) between -100 and 100
+
+Every token is ASCII: case is folded only after that check, so ``tſla`` or ``ıbm`` (which Unicode
+upper-cases to TSLA and IBM) are refused, not read as another ticker.
 
 Examples: ``TSLA close > 800``, ``BTC-USD change_percent <= -5``, ``IBM volume crosses_above 1e6``.
 Fields and operators may be written in any case; :func:`format_condition` writes the canonical form,
-and ``parse_condition(format_condition(c)) == c`` for every condition.
+and ``parse_condition(format_condition(c)) == c`` for every condition: the number's bounds are on its
+value (digits and exponent), which the canonical text keeps, not on how long it was written
+(``18941513439216871.1894151343921687140e55`` is canonically ``1.89415134392168711894151343921687140E+71``).
+A :class:`Condition` built directly is held to the same bounds.
 
 What a field means (its value is taken from the newest bar of a series that a load changed):
 
@@ -32,7 +39,8 @@ from decimal import Decimal, InvalidOperation
 from errors import ConfigError
 from models.bar import SYMBOL_RE
 
-__all__ = ["Condition", "FIELDS", "OPERATORS", "CROSSING", "parse_condition", "format_condition", "MAX_CONDITION_LENGTH"]
+__all__ = ["Condition", "FIELDS", "OPERATORS", "CROSSING", "parse_condition", "format_condition", "MAX_CONDITION_LENGTH",
+           "MAX_THRESHOLD_DIGITS", "MAX_THRESHOLD_EXPONENT"]  # fmt: skip
 
 FIELDS = ("open", "high", "low", "close", "volume", "change_percent")
 OPERATORS = (">", ">=", "<", "<=", "crosses_above", "crosses_below")
@@ -40,7 +48,9 @@ OPERATORS = (">", ">=", "<", "<=", "crosses_above", "crosses_below")
 CROSSING = frozenset({"crosses_above", "crosses_below"})
 #: Longest condition text accepted, in characters (a rule is one short line).
 MAX_CONDITION_LENGTH = 200
-_MAX_NUMBER_LENGTH = 40
+#: Most significant digits of a threshold, and the largest magnitude of its exponent (``Decimal.adjusted``).
+MAX_THRESHOLD_DIGITS = 40
+MAX_THRESHOLD_EXPONENT = 100
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _BLANKS = re.compile(r"[ \t]+")
 
@@ -65,6 +75,8 @@ class Condition:
             raise ConfigError(f"unknown operator {self.op!r}", name="condition", value=self.op)
         if not isinstance(self.threshold, Decimal) or not self.threshold.is_finite():
             raise ConfigError(f"threshold must be a finite decimal, got {self.threshold!r}", name="condition")
+        if problem := _threshold_problem(self.threshold):
+            raise ConfigError(f"threshold {self.threshold}: {problem}", name="condition", value=str(self.threshold))
 
     @property
     def crossing(self) -> bool:
@@ -72,6 +84,21 @@ class Condition:
 
     def __str__(self) -> str:
         return format_condition(self)
+
+
+def _threshold_problem(threshold: Decimal) -> str | None:
+    """Why a finite ``threshold`` is out of bounds (module docstring), or None."""
+    if len(threshold.as_tuple().digits) > MAX_THRESHOLD_DIGITS:
+        return f"more than {MAX_THRESHOLD_DIGITS} significant digits"
+    if abs(threshold.adjusted()) > MAX_THRESHOLD_EXPONENT:
+        return f"out of range (|exponent| at most {MAX_THRESHOLD_EXPONENT})"
+    return None
+
+
+def _non_ascii(token: str) -> str:
+    """The first non-ASCII character of ``token``, shown with its code point."""
+    ch = next(c for c in token if not c.isascii())
+    return f"{ch!r} (U+{ord(ch):04X})"
 
 
 def format_condition(condition: Condition) -> str:
@@ -102,6 +129,9 @@ def parse_condition(text: str) -> Condition:
     if len(tokens) > 4:
         raise _fail(text, f"unexpected token {tokens[4]!r} after the number (expected 4 tokens: {expected})", tokens[4])
     raw_symbol, raw_field, raw_op, raw_number = tokens
+    for n, (raw, what) in enumerate(((raw_symbol, "symbol"), (raw_field, "field"), (raw_op, "operator")), 1):
+        if not raw.isascii():  # before any case folding: Unicode would turn 'tſla' into TSLA
+            raise _fail(text, f"bad {what} {raw!r} (token {n}): non-ASCII character {_non_ascii(raw)}", raw)
     symbol = raw_symbol.upper()
     if not SYMBOL_RE.fullmatch(symbol):
         raise _fail(text, f"bad symbol {raw_symbol!r} (token 1: letters, digits and . - : ^ = / _)", raw_symbol)
@@ -111,12 +141,14 @@ def parse_condition(text: str) -> Condition:
     op = raw_op.lower()
     if op not in OPERATORS:
         raise _fail(text, f"unknown operator {raw_op!r} (token 3: one of {' '.join(OPERATORS)})", raw_op)
-    if len(raw_number) > _MAX_NUMBER_LENGTH or not _NUMBER_RE.fullmatch(raw_number):
+    if not _NUMBER_RE.fullmatch(raw_number):
         raise _fail(text, f"not a number: {raw_number!r} (token 4, e.g. 800, -2.5, 1e6)", raw_number)
     try:
         threshold = Decimal(raw_number)
-    except InvalidOperation:  # the pattern admits only valid literals; kept for safety
-        raise _fail(text, f"not a number: {raw_number!r} (token 4)", raw_number) from None
-    if not threshold.is_finite() or abs(threshold.adjusted()) > 100:
-        raise _fail(text, f"number out of range: {raw_number!r} (token 4: |exponent| at most 100)", raw_number)
+    except InvalidOperation:  # the pattern admits only valid literals: an exponent past what decimal holds
+        raise _fail(text, f"number out of range: {raw_number!r} (token 4)", raw_number) from None
+    if not threshold.is_finite():
+        raise _fail(text, f"number out of range: {raw_number!r} (token 4)", raw_number)
+    if problem := _threshold_problem(threshold):
+        raise _fail(text, f"number {raw_number!r} (token 4): {problem}", raw_number)
     return Condition(symbol, field, op, threshold)

@@ -1,17 +1,24 @@
 """The alert engine of a long-running process: a pipeline listener plus a once-a-minute checker.
 
 - ``on_load`` (after each committed load, on the loading thread): condition rules on the series' newest
-  bar. Quick: in-memory state, a reference-bar read for ``change_percent`` or a first crossing, and one
-  row written only when a rule fires or clears. Delivery is queued (:class:`~alerts.deliver.Deliverer`).
+  bar. Quick: in-memory state, a reference-bar read for ``change_percent``, one indexed read of the bar
+  before the newest for a series with a crossing rule (:mod:`alerts.evaluate`), and one row written only
+  when a rule fires or clears. Delivery is queued (:class:`~alerts.deliver.Deliverer`).
 - ``on_cycle``: error-rate rules of that cycle's job.
 - every ``tick_seconds`` (60) on its own thread: rules re-read (an added or removed rule counts within
   a minute), staleness and error rates checked at ``clock.now()``.
 
-State: the previous value per (series, field) for crossings, seeded from the newest stored bars at
-:meth:`AlertService.start`; armed/disarmed per (rule, subject), read from ``alert_events`` (a firing not
-cleared = disarmed, see :mod:`alerts.evaluate`). Several processes may evaluate one rule (two pollers,
-a cluster's nodes): the database holds at most one open firing per (rule, subject), so the process
-whose firing lands delivers it and the others stay quiet. Nothing here raises into the pipeline: database errors
+State: armed/disarmed per (rule, subject), read from ``alert_events`` (a firing not cleared = disarmed,
+see :mod:`alerts.evaluate`). A crossing's previous value is read from the database on each load, never
+kept from what this process happened to load, so any node of a cluster evaluating a load gets the same
+answer. Several processes may evaluate one rule (two pollers, a cluster's nodes, each evaluating the
+loads it ran): the database holds at most one open firing per (rule, subject), so the process whose
+firing lands delivers it and the others stay quiet.
+
+Threads: the decision (armed? fire? clear?) is taken under the service's lock; the row is written after
+it is released, with the (rule, subject) marked in flight, so a slow insert (waiting on another node's
+firing of the same rule, SQLite's busy timeout) holds up only evaluations of that same (rule, subject),
+which wait for it and then decide on its outcome. Nothing here raises into the pipeline: database errors
 are logged and the evaluation is skipped.
 """
 
@@ -29,7 +36,16 @@ import sqlalchemy as sa
 
 from alerts.base import Firing, Rule, RuleKind
 from alerts.deliver import Deliverer, DeliveryPolicy, SmtpConfig
-from alerts.evaluate import ERROR_RATE_WINDOW, error_rate, field_value, holds, reference_cutoff, staleness, step
+from alerts.evaluate import (
+    ERROR_RATE_WINDOW,
+    error_rate,
+    field_value,
+    holds,
+    previous_bar_cutoff,
+    reference_cutoff,
+    staleness,
+    step,
+)
 from alerts.grammar import Condition
 from alerts.store import AlertStore
 from clock import Clock, SystemClock
@@ -76,10 +92,12 @@ class AlertService:
         self.tick_seconds = tick_seconds
         self._register_secret = register_secret
         self._lock = threading.RLock()
+        self._written = threading.Condition(self._lock)  # notified when a (rule, subject) leaves _in_flight
+        self._in_flight: set[tuple[int, str]] = set()  # (rule id, subject) whose row is being written
+        self._writes = 0  # rows written by this process: a reload that raced one keeps the state it left
         self._rules: list[Rule] = []
         self._by_symbol: dict[str, list[tuple[Rule, Condition]]] = {}
         self._disarmed: dict[tuple[int, str], int] = {}  # (rule id, subject) -> the open firing's event id (0: another process's)
-        self._previous: dict[tuple[str, str, str, str], Decimal] = {}  # (provider, symbol, interval, field) -> value
         self._invalid_seen: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -92,10 +110,9 @@ class AlertService:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, *, background: bool = True) -> AlertService:
-        """Read the rules and state, seed crossings from the newest stored bars, and (``background``) start
-        the checker thread, which checks at once and then every ``tick_seconds``."""
+        """Read the rules and state, and (``background``) start the checker thread, which checks at once and
+        then every ``tick_seconds``."""
         self.reload()
-        self.seed()
         if background:
             self._thread = threading.Thread(target=self._run, name="alert-checker", daemon=True)
             self._thread.start()
@@ -118,6 +135,8 @@ class AlertService:
 
     def reload(self) -> None:
         """Re-read the rules and the armed state (rows edited by hand that are invalid: logged once, skipped)."""
+        with self._lock:
+            writes = self._writes
         rules, invalid = self.store.load()
         disarmed = {(f.rule_id, f.subject): f.event_id for f in self.store.open_firings()}
         for bad in invalid:
@@ -135,19 +154,9 @@ class AlertService:
                 cond = rule.parsed
                 by_symbol.setdefault(cond.symbol, []).append((rule, cond))
         with self._lock:
-            self._rules, self._by_symbol, self._disarmed = rules, by_symbol, disarmed
-
-    def seed(self) -> None:
-        """The previous value of each series that a crossing rule watches: its newest stored bar's."""
-        with self._lock:
-            watched = {s: [c for _, c in rc if c.crossing] for s, rc in self._by_symbol.items()}
-        watched = {s: cs for s, cs in watched.items() if cs}
-        for bar in self.store.newest_bars(sorted(watched)):
-            for cond in watched.get(bar.symbol, ()):
-                value = self._value(cond, bar)
-                if value is not None:
-                    with self._lock:
-                        self._previous[(bar.provider, bar.symbol, bar.interval, cond.field)] = value
+            self._rules, self._by_symbol = rules, by_symbol
+            if self._writes == writes:  # else a firing or clearing written meanwhile may be missing from what was read
+                self._disarmed = disarmed
 
     # -- pipeline listener ---------------------------------------------------------------
 
@@ -160,22 +169,26 @@ class AlertService:
         bar = event.newest
         series: _Series = (event.provider, event.symbol, event.interval)
         seen: dict[str, Decimal | None] = {}
+        before: list[Bar | None] = []  # the stored bar before ``bar``, read once (only for a crossing rule)
+        previous_seen: dict[str, Decimal | None] = {}
         try:
             for rule, cond in watching:
                 if cond.field not in seen:
                     seen[cond.field] = self._value(cond, bar)
                 value = seen[cond.field]
-                previous = self._previous_value(series, cond, bar) if cond.crossing else None
+                previous = None
+                if cond.crossing:
+                    if not before:
+                        before.append(self.store.bar_at_or_before(*series, previous_bar_cutoff(bar)))
+                    if cond.field not in previous_seen:
+                        previous_seen[cond.field] = None if before[0] is None else self._value(cond, before[0])
+                    previous = previous_seen[cond.field]
                 holding = holds(cond, value, previous)
                 if holding is not None:
                     text = partial(self._condition_text, rule, cond, bar, value, previous)
                     self._apply(rule, " ".join(series), holding, value, text)
         except MarketpollError as exc:
             log.warning("alerts on %s %s %s not evaluated: %s", *series, exc)
-        with self._lock:
-            for field, value in seen.items():
-                if value is not None:
-                    self._previous[(*series, field)] = value
 
     def on_cycle(self, cycle: CycleResult) -> None:
         """Error-rate rules of the cycle's job. Never raises."""
@@ -249,26 +262,42 @@ class AlertService:
     # -- firing --------------------------------------------------------------------------
 
     def _apply(self, rule: Rule, subject: str, holding: bool, value, text: Callable[[], str]) -> None:
-        """Run the de-duplication step for (rule, subject); record and queue a firing, or record a clearing."""
+        """Run the de-duplication step for (rule, subject); record and queue a firing, or record a clearing.
+
+        Decided under the lock, written outside it (module docstring): an evaluation of a (rule, subject)
+        whose row is being written by another thread waits for that write, then decides on its outcome.
+        """
         key = (rule.id, subject)
         with self._lock:
+            while key in self._in_flight:
+                self._written.wait()
             open_id = self._disarmed.get(key)
             s = step(open_id is None, holding)
+            if not s.fire and not (s.clear and open_id is not None):
+                return
+            self._in_flight.add(key)
+        try:
             now = self.clock.now()
-            if s.fire:
-                firing = Firing(rule, subject, value, now, text())
-                event_id = self.store.record_firing(firing)
-                self._disarmed[key] = event_id or 0
-                if event_id is None:  # another process (a second poller, a cluster node) fired it: it delivers
-                    log.debug("alert %s on %s already fired by another process", rule.name, subject)
-                    return
-            elif s.clear and open_id is not None:
-                if self.store.clear(rule.id, subject, now):
+            if s.clear:
+                cleared = self.store.clear(rule.id, subject, now)
+                with self._lock:
+                    self._disarmed.pop(key, None)
+                    self._writes += 1
+                if cleared:
                     log.info("alert %s on %s cleared", rule.name, subject)
-                del self._disarmed[key]
                 return
-            else:
-                return
+            firing = Firing(rule, subject, value, now, text())
+            event_id = self.store.record_firing(firing)
+            with self._lock:
+                self._disarmed[key] = event_id or 0
+                self._writes += 1
+        finally:
+            with self._lock:
+                self._in_flight.discard(key)
+                self._written.notify_all()
+        if event_id is None:  # another process (a second poller, a cluster node) fired it: it delivers
+            log.debug("alert %s on %s already fired by another process", rule.name, subject)
+            return
         log.warning("ALERT %s", firing.text)
         self.deliverer.submit(event_id, firing)
 
@@ -278,15 +307,6 @@ class AlertService:
             ref_bar = self.store.bar_at_or_before(bar.provider, bar.symbol, bar.interval, reference_cutoff(bar))
             ref = None if ref_bar is None else ref_bar.close
         return field_value(cond.field, bar, ref)
-
-    def _previous_value(self, series: _Series, cond: Condition, bar: Bar) -> Decimal | None:
-        """The series' last value of the field; first seen since start: the stored bar before ``bar``."""
-        with self._lock:
-            previous = self._previous.get((*series, cond.field))
-        if previous is None:
-            before = self.store.bar_at_or_before(*series, bar.ts - timedelta(microseconds=1))
-            previous = None if before is None else self._value(cond, before)
-        return previous
 
     @staticmethod
     def _condition_text(rule: Rule, cond: Condition, bar: Bar, value, previous) -> str:

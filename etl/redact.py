@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Iterable
 
 __all__ = ["MASK", "SECRET_PARAMS", "redact_url", "Redactor", "RedactingFormatter"]
@@ -27,12 +28,19 @@ def redact_url(url: str) -> str:
 
 
 class Redactor:
-    """Replaces every registered secret (and credential URL parameters) in text with ``***``."""
+    """Replaces every registered secret (and credential URL parameters) in text with ``***``.
+
+    Safe to share between threads: log formatting and loading threads redact while the alert engine
+    registers webhook secrets each minute. The secrets are an immutable tuple replaced (copy on write,
+    under a lock) by :meth:`add`; a redaction reads the current tuple once and never sees it change.
+    Longer secrets are replaced first, so one that contains another is masked whole.
+    """
 
     _param_re = re.compile(r"(?i)\b(" + "|".join(sorted(SECRET_PARAMS)) + r")=([^&\s'\"]+)")
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
         for s in secrets:
             self.add(s)
 
@@ -40,11 +48,13 @@ class Redactor:
         """Register a secret. Values under 6 characters (the public placeholder key "demo") are not
         scrubbed from free text: that would garble every line naming the demo provider. URL
         parameters such as ``apikey=`` are masked whatever their length."""
-        if secret and len(secret) >= 6:
-            self._secrets.add(secret)
+        if secret and len(secret) >= 6 and secret not in self._secrets:
+            with self._lock:
+                if secret not in self._secrets:
+                    self._secrets = tuple(sorted((*self._secrets, secret), key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
-        for s in self._secrets:
+        for s in self._secrets:  # one read of the current tuple: an add() meanwhile replaces it, never changes it
             if s in text:
                 text = text.replace(s, MASK)
         return self._param_re.sub(lambda m: f"{m.group(1)}={MASK}", text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -14,8 +15,8 @@ import sqlalchemy as sa
 from aiosmtpd.controller import Controller
 
 import cli
-from alerts.base import Firing, Rule, RuleKind
-from alerts.deliver import Deliverer, DeliveryPolicy, SmtpConfig
+from alerts.base import DeliveryError, Firing, Rule, RuleKind
+from alerts.deliver import Deliverer, DeliveryPolicy, SmtpConfig, WebhookChannel
 from alerts.service import AlertService
 from alerts.store import AlertStore
 from app import App
@@ -23,6 +24,7 @@ from db import RunLedger
 from db.jobs import JobDefinition, JobStore
 from db.tables import alert_events, etl_runs
 from errors import ConfigError, SchedulingError
+from etl.events import LoadEvent
 from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers.alphavantage import AlphaVantageConfig, AlphaVantageProvider
@@ -190,7 +192,7 @@ def test_crosses_above_is_seeded_from_the_stored_bars(db, replay, manual_clock, 
     pipeline(db, series.provider(), manual_clock).run_cycle(["TSLA"], "5min", job_name="t")  # before the rule's process
     AlertStore(db).put(Rule("cross", RuleKind.CONDITION, webhook=hook.url, condition="tsla close crosses_above 800"),
                        manual_clock.now())  # fmt: skip
-    svc = service(db, manual_clock)  # seeded with 810: 810 -> 820 is no crossing
+    svc = service(db, manual_clock)  # the stored bar before 820 is 810: 810 -> 820 is no crossing
     for close in ("820", "795", "805", "806"):
         series.closes.append(close)
         pipeline(db, series.provider(), manual_clock, [svc]).run_cycle(["TSLA"], "5min", job_name="t")
@@ -430,3 +432,100 @@ def test_a_polling_run_delivers_the_alerts_of_its_database(sqlite_url, hook, cap
     assert [b["alert"]["rule"] for b in hook.bodies] == ["ibm-up"] and hook.bodies[0]["text"].startswith("ibm-up: IBM close ")
     assert hook.paths == [SECRET_PATH] and "SECRETTOKEN42" not in app.redactor(f"GET {hook.url}")  # learnt as a secret
     assert "SECRETTOKEN42" not in capsys.readouterr().out
+
+
+class DripHook:
+    """A loopback webhook that reads the request, then answers one byte every ``every`` seconds: each
+    read of the reply ends well within a per-operation timeout, the whole reply takes seconds."""
+
+    def __init__(self, every: float = 0.1) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}{SECRET_PATH}"
+        self.every, self.stop = every, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n":
+                if self.stop.wait(self.every):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the client gave up
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_the_webhook_deadline_bounds_the_whole_request_not_each_read(manual_clock):
+    drip = DripHook(every=0.1)  # 72 bytes: about 7 s for the whole reply, 0.1 s per read
+    try:
+        rule = Rule("slow", RuleKind.CONDITION, webhook=drip.url, condition="TSLA close > 1", id=1)
+        channel = WebhookChannel(drip.url, timeout_seconds=0.5)
+        started = time.monotonic()
+        with pytest.raises(DeliveryError) as err:
+            channel.send(Firing(rule, "TSLA", 2, manual_clock.now(), "slow: TSLA close 2 > 1"))
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert elapsed < 3.0, f"the 0.5 s deadline took {elapsed:.1f} s"
+    assert err.value.transient and "deadline" in str(err.value) and "SECRETTOKEN42" not in str(err.value)
+
+
+class GatedStore(AlertStore):
+    """An AlertStore whose ``record_firing`` of the rule ``gated`` waits for ``gate`` (as an insert waits on
+    another node's uncommitted firing, or on SQLite's busy timeout); counts the calls per rule."""
+
+    def __init__(self, engine, gated: str) -> None:
+        super().__init__(engine)
+        self.gated, self.gate, self.entered = gated, threading.Event(), threading.Event()
+        self.calls: dict[str, int] = {}
+
+    def record_firing(self, firing: Firing) -> int | None:
+        self.calls[firing.rule.name] = self.calls.get(firing.rule.name, 0) + 1
+        if firing.rule.name == self.gated:
+            self.entered.set()
+            assert self.gate.wait(10)
+        return super().record_firing(firing)
+
+
+def _load_event(symbol: str, close: str) -> LoadEvent:
+    return LoadEvent("demo", symbol, "5min", Bar("demo", symbol, "5min", FIXED_NOW, close, close, close, close, "100"), 1, "t")
+
+
+def test_a_slow_firing_write_holds_up_only_its_own_rule_and_subject(sqlite_engine, manual_clock, hook):
+    store = GatedStore(sqlite_engine, gated="tsla")
+    for name, symbol in (("tsla", "TSLA"), ("ibm", "IBM")):
+        store.put(Rule(name, RuleKind.CONDITION, webhook=hook.url, condition=f"{symbol} close > 1"), manual_clock.now())
+    svc = AlertService(store, Deliverer(store, policy=FAST, clock=manual_clock), CALENDARS, clock=manual_clock)
+    svc.start(background=False)
+    loading = [threading.Thread(target=svc.on_load, args=(_load_event("TSLA", "5"),)) for _ in range(2)]
+    try:
+        loading[0].start()
+        assert store.entered.wait(5)  # the first TSLA firing is being written, and waits
+        loading[1].start()  # a second evaluation of the same (rule, series) waits for that write's outcome
+        other = threading.Thread(target=svc.on_load, args=(_load_event("IBM", "5"),))
+        other.start()
+        other.join(5)
+        assert not other.is_alive(), "IBM's load waited for TSLA's firing to be written"
+        assert store.calls == {"tsla": 1, "ibm": 1}
+    finally:
+        store.gate.set()
+        for t in loading:
+            t.join(5)
+    assert not any(t.is_alive() for t in loading)
+    assert svc.deliverer.drain(5)
+    svc.close()
+    assert store.calls == {"tsla": 1, "ibm": 1}  # the waiting evaluation found the rule disarmed: no second insert
+    assert sorted(b["alert"]["rule"] for b in hook.bodies) == ["ibm", "tsla"]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alerts.evaluate import error_rate, field_value, holds, reference_cutoff, staleness, step
@@ -134,3 +134,49 @@ def test_error_rate_window():
     assert error_rate(["failed", "succeeded"]) is None  # fewer than 3 cycles: no rate
     assert error_rate(["failed", "partial", "succeeded", "succeeded", "interrupted"]) == 0.5
     assert error_rate(["succeeded"] * 20 + ["failed"] * 10) == 0.0  # only the newest 20 count
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("tſla close > 800", "'ſ' (U+017F)"),  # Unicode upper-cases it to TSLA
+        ("ıbm close > 800", "'ı' (U+0131)"),  # ... to IBM
+        ("ﬀ close > 1", "'ﬀ' (U+FB00)"),  # ... to FF
+        ("TSLA cloſe > 1", "'ſ' (U+017F)"),
+        ("TSLA close ＞ 1", "'＞' (U+FF1E)"),
+    ],
+)
+def test_non_ascii_tokens_are_refused_before_case_folding(text, named):
+    with pytest.raises(ConfigError) as err:
+        parse_condition(text)
+    assert named in str(err.value) and "non-ASCII" in str(err.value)
+
+
+# every threshold the grammar accepts: up to 40 significant digits, exponent of the leading digit within +-100
+accepted_thresholds = st.builds(
+    lambda sign, coefficient, adjusted: Decimal((sign, tuple(map(int, str(coefficient))), adjusted - len(str(coefficient)) + 1)),
+    st.integers(0, 1),
+    st.one_of(st.integers(0, 10**6), st.integers(0, 10**40 - 1)),
+    st.integers(-100, 100),
+)
+number_texts = st.from_regex(r"\A[+-]?(?:[0-9]{1,45}(?:\.[0-9]{0,45})?|\.[0-9]{1,45})(?:[eE][+-]?[0-9]{1,3})?\Z")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.builds(Condition, symbols, st.sampled_from(FIELDS), st.sampled_from(OPERATORS), accepted_thresholds))
+@example(Condition("TSLA", "close", ">", Decimal("18941513439216871.1894151343921687140e55")))
+def test_every_condition_round_trips_through_its_canonical_text(condition):
+    text = format_condition(condition)
+    assert parse_condition(text) == condition and format_condition(parse_condition(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(number_texts)
+@example("18941513439216871.1894151343921687140e55")
+def test_every_accepted_number_round_trips(number):
+    try:
+        condition = parse_condition(f"TSLA close > {number}")
+    except ConfigError as exc:
+        assert "token 4" in str(exc)
+    else:
+        assert parse_condition(format_condition(condition)) == condition
