@@ -59,8 +59,10 @@ SYMBOL_RE = re.compile(r"[A-Z0-9^][A-Z0-9.\-:^=/_]{0,31}", re.ASCII)
 
 
 def normalize_symbol(raw: str) -> str:
-    """Upper-case and check a symbol; raises ``ValueError`` naming it when malformed."""
-    sym = raw.strip().upper()
+    """Upper-case and check a symbol; raises ``ValueError`` naming it when malformed. ASCII only, checked
+    before upper-casing: Unicode case mapping would turn lookalikes into real tickers ('ſ' -> 'S', 'ı' -> 'I')."""
+    sym = raw.strip()
+    sym = sym.upper() if sym.isascii() else sym
     if not SYMBOL_RE.fullmatch(sym):
         raise ValueError(f"malformed symbol {raw!r}")
     return sym

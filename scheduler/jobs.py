@@ -31,9 +31,12 @@ from apscheduler.triggers.base import BaseTrigger
 
 from clock import Clock, SystemClock
 from db.jobs import InvalidJob, JobDefinition, JobStore, check_job_name
+from db.ledger import RunLedger
 from errors import ConfigError, MarketpollError
 from etl.pipeline import EtlPipeline
+from etl.redact import Redactor
 from models.bar import normalize_symbol
+from models.run import CycleResult
 from scheduler.calendar import Calendars, MarketCalendar, Session
 
 __all__ = ["SessionTrigger", "MarketScheduler", "JOB_SESSIONS", "define_job"]
@@ -279,6 +282,11 @@ class MarketScheduler:
         fire_time = getattr(_fire, "time", None) if scheduled else None
         try:
             pipeline = self.pipeline_for(job.provider, job.fallback_provider)
+        except ConfigError as exc:  # a provider setting missing or bad here (a key): the fire fails, on the record
+            log.error("job %s could not run: %s", job.name, exc)
+            self._record_unrunnable(job, fire_time, f"job could not run: {exc}")
+            return
+        try:
             budget = pipeline.provider.budget
             if budget is not None and budget.exhausted_until() is not None and pipeline.fallback is None:
                 log.debug("job %s skipped: %s is paused until its daily quota resets", name, job.provider)
@@ -289,6 +297,23 @@ class MarketScheduler:
                 pipeline.run_cycle(job.symbols, job.bar_interval, job_name=job.name, scheduled_for=fire_time)
         except MarketpollError as exc:  # a bad provider setting: report, keep the scheduler alive
             log.error("job %s could not run: %s", job.name, exc)
+
+    def _record_unrunnable(self, job: JobDefinition, fire_time: datetime | None, error: str) -> None:
+        """A ``failed`` etl_runs row for a fire that could not start (its slot claimed like any fire's), so
+        ``--show-scheduled-jobs``, ``/status`` and SQL show why the job is not loading. Never raises."""
+        now = self.clock.now()
+        cycle = CycleResult(job_name=job.name, provider=job.provider, started_at=now, interval=job.bar_interval,
+                            symbols_requested=len(job.symbols))  # fmt: skip
+        ledger = RunLedger(self.store.engine, Redactor())  # masks credentials in URLs
+        try:
+            if ledger.start(cycle, interval=job.bar_interval, symbols_requested=len(job.symbols),
+                            scheduled_for=fire_time) is None:  # fmt: skip
+                return  # another node holds the slot
+            cycle.error = error
+            cycle.settle(now)
+            ledger.finish(cycle)
+        except MarketpollError as exc:
+            log.warning("job %s: could not record the failed fire in etl_runs: %s", job.name, exc)
 
     def sync(self) -> None:
         """Make the APScheduler jobs match the table (adds, replacements, removals, pauses).

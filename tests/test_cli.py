@@ -69,6 +69,7 @@ def test_partial_failure_exits_nonzero_and_names_the_symbol(tmp_path):
         (["--continuous-poll", "--interval", "7min", "--symbols", "IBM"], "'7min'"),
         (["--continuous-poll"], "--symbols"),
         (["--continuous-poll", "--symbols", "IB M"], "'IB M'"),
+        (["--continuous-poll", "--symbols", "t\u017fla"], "'t\u017fla'"),  # 'ſ' upper-cases to 'S': never TSLA
         (["--continuous-poll", "--symbols", "IBM", "--poll-interval", "five"], "'five'"),
         (["--continuous-poll", "--symbols", "IBM", "--poll-interval", "-1"], "'-1'"),
         (["--continuous-poll", "--symbols", "IBM", "--poll-max-iterations", "0"], "'0'"),
@@ -137,6 +138,38 @@ def test_nan_or_inf_setting_exits_2_with_one_line(tmp_path, var, value):
 def test_unknown_exchange_lists_the_valid_codes_in_one_line(tmp_path):
     line = one_line_exit_2(run(["--market-status", "--exchange", "XNOPE"], cwd=tmp_path), "'XNOPE'")
     assert all(code in line for code in ("XNYS", "XNAS", "XWAR", "XNSE", "24/7", "CRYPTO")) and "get_calendar_names" in line
+
+
+def test_continuous_polling_refuses_an_unknown_exchange_too(tmp_path):
+    one_line_exit_2(run([*POLL, "--symbols", "IBM", "--exchange", "XXXX"], cwd=tmp_path), "unknown exchange 'XXXX'")
+    assert not (tmp_path / "marketpoll.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("var", "url", "shown"),
+    [
+        ("ALPHA_VANTAGE_BASE_URL", "not a url", True),
+        ("ALPHA_VANTAGE_BASE_URL", "http://", True),
+        ("ALPHA_VANTAGE_BASE_URL", "ftp://example.com/query", True),
+        ("ALPHA_VANTAGE_BASE_URL", "127.0.0.1:5998/query", True),
+        ("BINANCE_BASE_URL", "http://user:hunter2@host:99999", False),  # a password is never echoed
+    ],
+)
+def test_a_malformed_base_url_is_one_line_at_start(tmp_path, var, url, shown):
+    provider = "alphavantage" if var.startswith("ALPHA") else "binance"
+    symbol = ["--symbols", "BTCUSDT", "--interval", "1min"] if provider == "binance" else ["--symbols", "IBM"]
+    r = run([*POLL, "--provider", provider, *symbol], cwd=tmp_path, env={var: url, "ALPHA_VANTAGE_API_KEY": KEY})
+    line = one_line_exit_2(r, f"{var} must be an http:// or https:// URL with a host")
+    assert (repr(url) in line) is shown and "hunter2" not in r.stderr
+    assert not (tmp_path / "marketpoll.db").exists()  # refused before any work
+
+
+def test_scheduling_a_job_without_its_key_here_warns(tmp_path):
+    r = run(["--schedule-market-job", "avjob", "--provider", "alphavantage", "--job-symbols", "IBM", "--job-interval", "5"],
+            cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0 and "scheduled new job 'avjob'" in r.stdout, r.stderr
+    warning = [line for line in r.stderr.splitlines() if line.startswith("main.py: warning:")]
+    assert len(warning) == 1 and "ALPHA_VANTAGE_API_KEY is not set" in warning[0] and "etl_runs" in warning[0]
 
 
 def test_pre_market_job_on_an_exchange_without_one_says_so(tmp_path):

@@ -148,6 +148,29 @@ def test_store_put_replace_remove_and_last_run(engine):
     assert [j.name for j in store.all()] == ["daily"]
 
 
+def test_a_fire_that_cannot_build_its_provider_is_a_failed_run_on_record(engine):
+    """No key where the service runs: each fire is a failed etl_runs row saying why, not only a log line."""
+
+    def no_key(_provider, _fallback=None):
+        raise ConfigError("ALPHA_VANTAGE_API_KEY is not set", name="ALPHA_VANTAGE_API_KEY")
+
+    sched = MarketScheduler(JobStore(engine), pipeline_for=no_key, calendars=CALS, clock=ManualClock(utc("2024-03-11T15:00:00Z")))
+    sched.schedule_market_hours_job("avjob", ["IBM"], 5, provider="alphavantage")
+    stop = threading.Event()
+    runner = threading.Thread(target=sched.run, args=(stop,), kwargs={"sync_seconds": 0.05})
+    runner.start()
+    try:
+        wait_for(lambda: sched.scheduled_job_ids() == ["avjob"], "the job is picked up")
+        sched.run_job("avjob", scheduled=False)
+    finally:
+        stop.set()
+        runner.join(timeout=10)
+    with engine.connect() as conn:
+        runs = [tuple(r) for r in conn.execute(sa.text("SELECT job_name, provider, status, error_summary FROM etl_runs"))]
+    assert runs == [("avjob", "alphavantage", "failed", "job could not run: ALPHA_VANTAGE_API_KEY is not set")]
+    assert [j["last_run_status"] for j in sched.get_scheduled_jobs()] == ["failed"]
+
+
 @pytest.mark.parametrize(
     ("args", "name"),
     [

@@ -66,6 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -438,6 +439,22 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
     return raw.strip()
 
 
+def _check_base_url(var: str, url: str) -> None:
+    """ConfigError naming ``var`` unless ``url`` is ``http(s)://host[:port][/path]`` (checked at start, so a
+    typo is one line and exit 2, not a failure of every request). A URL holding a password is not echoed."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or any(
+        c.isspace() or ord(c) < 32 for c in url
+    ):  # fmt: skip
+        shown = "" if "@" in url else f": got {url!r}"  # user:password@host: never echoed
+        raise ConfigError(f"{var} must be an http:// or https:// URL with a host (e.g. https://api.example.com){shown}",
+                          name=var, value=None if not shown else url)  # fmt: skip
+
+
 def provider_config(cls: type[Provider], settings: Settings) -> ProviderConfig:
     """``cls.Config`` from the settings: ``<PREFIX>_<FIELD>`` variables for the provider's own fields
     (``<PREFIX>_BASE_URL``, ``_API_KEY``, ``_RATE_LIMIT`` and its options), then the CLI's provider
@@ -467,6 +484,8 @@ def provider_config(cls: type[Provider], settings: Settings) -> ProviderConfig:
         if name not in own or name in _COMMON:
             raise ConfigError(f"provider {cls.name} has no option --{name.replace('_', '-')}", name=name, value=raw)
         values[name] = _convert(f"--{name.replace('_', '-')}", own[name].type, raw) if isinstance(raw, str) else raw
+    if values.get("base_url"):
+        _check_base_url(f"{prefix}_BASE_URL", values["base_url"])
     if cls.key_required and not values.get("api_key"):  # never a config default: the user's own key
         raise ConfigError(f"{prefix}_API_KEY is not set{f' ({cls.key_help})' if cls.key_help else ''}",
                           name=f"{prefix}_API_KEY")  # fmt: skip
