@@ -126,3 +126,21 @@ def test_daily_and_errors_over_real_http():
         assert daily[-1].ts == datetime(2024, 3, 8, 5, tzinfo=UTC)  # Friday; Monday's session is still open
         missing_key = requests.get(p.config.base_url, params={"function": "TIME_SERIES_DAILY", "symbol": "IBM"}, timeout=5)
         assert "apikey" in missing_key.json()["Error Message"]
+
+
+def test_month_history_serves_the_whole_month_so_backfill_works_offline():
+    """``month=YYYY-MM`` (what --backfill and --fill-gaps ask Alpha Vantage for): every complete bar of that
+    New York month, on both grids; a month still in progress stops at the clock."""
+    ny = zone("US/Eastern")
+    with DemoProvider(clock=ManualClock(MONDAY_1000_EDT)) as p:
+        feb = p.fetch_range("IBM", "5min", datetime(2024, 2, 1, 5, tzinfo=UTC), datetime(2024, 3, 1, 5, tzinfo=UTC)).bars
+        assert len(feb) == 21 * 192  # 21 weekdays (no holidays simulated) of 04:00-20:00 New York
+        assert feb[0].ts == datetime(2024, 2, 1, 4, tzinfo=ny) and feb[-1].ts == datetime(2024, 2, 29, 19, 55, tzinfo=ny)
+        btc = p.fetch_range("BTC-USD", "60min", datetime(2024, 2, 1, 5, tzinfo=UTC), datetime(2024, 2, 3, 5, tzinfo=UTC)).bars
+        assert [b.ts for b in btc] == [datetime(2024, 2, 1, 5, tzinfo=UTC) + k * (btc[1].ts - btc[0].ts) for k in range(48)]
+        now = p.fetch_range("IBM", "60min", datetime(2024, 3, 11, 4, tzinfo=UTC), datetime(2024, 3, 12, 4, tzinfo=UTC)).bars
+        assert now[-1].ts == datetime(2024, 3, 11, 9, tzinfo=ny)  # 09:00-10:00 ended at the clock's 10:00; no later one
+    status, _, body = DemoMarket(ManualClock(MONDAY_1000_EDT)).reply(
+        "/query", {"function": "TIME_SERIES_INTRADAY", "symbol": "IBM", "interval": "5min", "month": "1999-12", "apikey": "x"}
+    )
+    assert status == 200 and b"Invalid API call" in body

@@ -10,7 +10,9 @@ transform, load). No API key, no internet.
 Simulated market: bars exist on weekdays from 04:00 to 20:00 New York time
 (pre-market, regular and after-hours; holidays are not simulated), and around the
 clock for crypto-style pairs (a symbol with a ``-``, e.g. ``BTC-USD``); only complete
-bars (start + interval <= now) are served. Values are a deterministic function of
+bars (start + interval <= now) are served. Intraday history answers ``month=YYYY-MM`` with that
+whole month (from 2000-01), so ``--backfill`` and ``--fill-gaps`` work offline; without it, the
+newest 100 (``compact``) or 1,000 (``full``) bars. Values are a deterministic function of
 (symbol, bar start): fetching again returns the same numbers. Any symbol matching
 ``[A-Z][A-Z0-9.-]{0,14}`` exists, except those starting with ``INVALID``, which get
 Alpha Vantage's ``"Error Message"`` reply (to see partial failure).
@@ -87,6 +89,39 @@ class DemoMarket:
             day -= timedelta(days=1)
         return out[:count]
 
+    def month_starts(self, interval: str, month: str, *, around_the_clock: bool = False) -> list[datetime] | None:
+        """Start times (New York, aware) of the complete bars in calendar month ``month`` (``YYYY-MM``, New
+        York), newest first, on the grids of :meth:`intraday_starts`: Alpha Vantage's ``month=`` history.
+        None for a malformed month or one before 2000-01 (Alpha Vantage's history starts there)."""
+        try:
+            y, m = (int(x) for x in month.split("-"))
+            first = date(y, m, 1)
+        except ValueError:
+            return None
+        if first < date(2000, 1, 1) or len(month) != 7:
+            return None
+        nxt = date(y + 1, 1, 1) if m == 12 else date(y, m + 1, 1)
+        step = timedelta(seconds=interval_seconds(interval))
+        now = self.clock.now()
+        lo = datetime.combine(first, time(0), tzinfo=_NY)
+        hi = min(datetime.combine(nxt, time(0), tzinfo=_NY), now)
+        out: list[datetime] = []
+        if around_the_clock:  # the UTC grid, from the first grid point at or after the month's start
+            secs = step.total_seconds()
+            t = datetime.fromtimestamp(-(-lo.timestamp() // secs) * secs, UTC)
+            while t + step <= hi:
+                out.append(t.astimezone(_NY))
+                t += step
+        else:
+            day = first
+            while day < nxt:
+                if day.weekday() < 5:
+                    start = datetime.combine(day, _SESSION_START, tzinfo=_NY)
+                    end = min(datetime.combine(day, _SESSION_END, tzinfo=_NY), now)
+                    out.extend(start + k * step for k in range(max(0, (end - start) // step)))
+                day += timedelta(days=1)
+        return out[::-1]
+
     def daily_dates(self, count: int) -> list[date]:
         """The newest ``count`` weekdays whose regular session (to 16:00 New York) has closed."""
         now = self.clock.now().astimezone(_NY)
@@ -134,12 +169,17 @@ class DemoMarket:
             # crypto pairs trade through the autumn fall-back hour, whose local wall times repeat:
             # like Alpha Vantage's crypto series, their JSON is labelled in UTC
             zone_out = UTC if crypto and not csv_out else _NY
-            starts = self.intraday_starts(canon, size, around_the_clock=crypto)
+            if q.get("month"):  # one calendar month of history, whole (outputsize does not cut it)
+                starts = self.month_starts(canon, q["month"], around_the_clock=crypto)
+                if starts is None:
+                    return _invalid_call(function)
+            else:
+                starts = self.intraday_starts(canon, size, around_the_clock=crypto)
             rows = [(s.astimezone(zone_out).strftime("%Y-%m-%d %H:%M:%S"), self._values(symbol, s, secs)) for s in starts]
             meta = {
                 "1. Information": f"Intraday ({interval}) open, high, low, close prices and volume",
                 "2. Symbol": symbol,
-                "3. Last Refreshed": rows[0][0],
+                "3. Last Refreshed": rows[0][0] if rows else "",  # a month with no complete bar yet: an empty series
                 "4. Interval": interval,
                 "5. Output Size": "Compact" if size == 100 else "Full size",
                 "6. Time Zone": "UTC" if zone_out is UTC else "US/Eastern",
