@@ -63,7 +63,7 @@ _job_minutes = _number(
     float, "a number of minutes", lambda v: MIN_JOB_INTERVAL_MINUTES <= v <= MAX_JOB_INTERVAL_MINUTES,
     f"from {MIN_JOB_INTERVAL_MINUTES:.4f} (1 second) to {MAX_JOB_INTERVAL_MINUTES:g} minutes (a day)",
 )  # fmt: skip
-_seconds = _number(float, "a number of seconds", lambda v: 0 < v < 86400, "between 0 and 86400 seconds")
+_seconds = _number(float, "a number of seconds", lambda v: 0 < v < 86400, "more than 0 and less than 86400 seconds")
 _port = _number(int, "a port number", lambda v: 0 <= v <= 65535, "a port from 0 to 65535")
 _positive_int = _number(int, "a whole number", lambda v: v >= 1, ">= 1")
 
@@ -556,8 +556,23 @@ def _check_history(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
             parser.error(f"argument --{name}: only with --coverage")
 
 
+def _unknown_flags(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """A misspelt flag is named (argparse would first say a mode is required when the misspelt one was the mode)."""
+    known = parser._option_string_actions  # noqa: SLF001 - argparse keeps its option strings only here
+    bad = []
+    for token in argv:
+        if token == "--":
+            break
+        flag = token.split("=", 1)[0]
+        if flag.startswith("--") and flag not in known and sum(k.startswith(flag) for k in known) != 1:
+            bad.append(flag)  # neither a flag nor the unique abbreviation of one (argparse accepts those)
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (python main.py --help lists every flag)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    _unknown_flags(parser, sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     polling = any(getattr(args, m) for m in POLL_MODES) or args.stream
     if polling and not args.symbols:

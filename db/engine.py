@@ -49,7 +49,11 @@ def make_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
     try:
         engine = sa.create_engine(parsed, **kwargs)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
-        raise ConfigError(f"cannot use DATABASE_URL {describe_url(url)}: {exc}", name="DATABASE_URL") from None
+        raise ConfigError(
+            f"cannot use database URL {describe_url(url)} (DATABASE_URL or --database-url): {exc}; "
+            "marketpoll supports postgresql:// and sqlite:///",
+            name="DATABASE_URL",
+        ) from None
     if parsed.get_backend_name() == "sqlite":
 
         @sa.event.listens_for(engine, "connect")

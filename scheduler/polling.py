@@ -83,7 +83,11 @@ class PollingConfig:
         if not self.sessions or unknown:
             raise bad("sessions", f"sessions must be among pre, regular, post; got {list(self.sessions)}")
         if not 0 < self.min_interval_seconds <= self.max_interval_seconds:
-            raise bad("min_interval_minutes", "need 0 < min interval <= max interval")
+            raise bad(
+                "min_interval_minutes",
+                "--min-poll-interval must be > 0 and at most --max-poll-interval "
+                f"(got {self.min_interval_seconds / 60:g} and {self.max_interval_seconds / 60:g} min)",
+            )
 
     @property
     def interval_seconds(self) -> float:

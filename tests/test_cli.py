@@ -75,6 +75,10 @@ def test_partial_failure_exits_nonzero_and_names_the_symbol(tmp_path):
         (["--continuous-poll", "--symbols", "IBM", "--poll-max-iterations", "0"], "'0'"),
         (["--continuous-poll", "--symbols", "IBM", "--month", "2024-1"], "'2024-1'"),
         (["--symbols", "IBM"], "required"),
+        (["--continous-poll", "--symbols", "IBM"], "unrecognized arguments: --continous-poll"),  # not "a mode is required"
+        (["--adaptive-poll", "--symbols", "IBM", "--min-poll-interval", "5", "--max-poll-interval", "1"], "--max-poll-interval"),
+        (["--continuous-poll", "--symbols", "IBM", "--shutdown-timeout", "0"], "more than 0"),
+        (["--continuous-poll", "--symbols", "IBM", "--database-url", "mysql://u@h/db"], "supports postgresql:// and sqlite"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, needle):
