@@ -8,7 +8,18 @@ doubling up to :data:`RECONNECT_MAX_SECONDS`); once ``LISTEN`` is in place again
 the series written since the last moment it knew it was listening (less :data:`CATCHUP_MARGIN_SECONDS`,
 for transactions that began before and committed after) are read from ``bars``
 (:func:`api.queries.bars_since`) and published, except those already published with the same
-newest bar. So a subscriber misses no bar; it may get one twice around an outage.
+newest bar.
+
+What a subscriber gets around an outage: every series changed during it, once, as one event with its
+newest bar and ``rows`` = how many of its rows were written since the gap began (its intermediate bars
+are not separate events: a consumer that needs each bar reads ``bars`` by ``ingested_at`` or ``ts``);
+an event may come twice. Notifications received but not yet handed to the hub when the connection
+breaks are handed over then (so the catch-up, which skips what was published, cannot skip them). A
+catch-up that fails (the database still unreachable) keeps the start of the gap and is retried
+(:data:`CATCHUP_RETRY_SECONDS`, doubling up to :data:`RECONNECT_MAX_SECONDS`) until it succeeds; a
+later break while it is still owed widens the same gap. The gap is read whole (it begins at a moment
+this listener was listening, never before it started); at most :data:`api.queries.CATCHUP_SERIES_MAX`
+series, the most recently written (a warning tells when more changed).
 """
 
 from __future__ import annotations
@@ -25,7 +36,6 @@ import sqlalchemy as sa
 
 from api.events import EventHub
 from api.queries import bars_since
-from errors import MarketpollError
 from etl.events import BARS_CHANNEL
 
 __all__ = [
@@ -35,6 +45,7 @@ __all__ = [
     "RECONNECT_INITIAL_SECONDS",
     "RECONNECT_MAX_SECONDS",
     "CATCHUP_MARGIN_SECONDS",
+    "CATCHUP_RETRY_SECONDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,6 +57,8 @@ RECONNECT_INITIAL_SECONDS = 0.5
 RECONNECT_MAX_SECONDS = 30.0
 #: How far before the last moment known to be listening a catch-up reads, in seconds (longer than a load transaction).
 CATCHUP_MARGIN_SECONDS = 120.0
+#: First wait before retrying a catch-up that failed, in seconds; doubled after each failure up to :data:`RECONNECT_MAX_SECONDS`.
+CATCHUP_RETRY_SECONDS = 0.5
 #: Series whose last published bar is remembered, to skip re-publishing them in a catch-up.
 SEEN_SERIES_MAX = 100_000
 #: Notifications are handed to the hub at most this often, in seconds: the first after a quiet spell at once,
@@ -70,9 +83,14 @@ class PgListener:
         self._conn = None
         self._seen: OrderedDict[tuple, tuple] = OrderedDict()
         self._listening_since: datetime | None = None  # the last moment known to be listening (UTC)
+        self._gap_from: datetime | None = None  # the start of a gap not caught up yet (UTC): kept until a catch-up succeeds
+        self._retry_delay = 0.0
+        self._retry_at = 0.0  # time.monotonic() of the next catch-up attempt while _gap_from is set
+        self._pending: list[dict] = []  # received, not yet handed to the hub
         self.connected = threading.Event()
         self.state = hub.listen_state
-        self.state.update(channel=channel, connected=False, reconnects=0, notifications=0, caught_up=0, last_error=None)
+        self.state.update(channel=channel, connected=False, reconnects=0, notifications=0, caught_up=0, last_error=None,
+                          catch_up_owed=False, catch_up_failures=0)  # fmt: skip
         self._thread = threading.Thread(target=self._run, name="api-listen", daemon=True)
         self._thread.start()
 
@@ -117,8 +135,11 @@ class PgListener:
             self.state.update(connected=True, last_error=None)
             if self._listening_since is not None:  # it listened before the break: read what it missed
                 self.state["reconnects"] += 1
+                if self._gap_from is None:  # else a gap still owed: it began earlier and stays open
+                    self._gap_from = self._listening_since
                 log.info("live: LISTEN %s again; catching up on what was written meanwhile", self.channel)
-                self._catch_up()
+                self._retry_at = 0.0
+                self._try_catch_up()
             self._listening_since = db_now
             self.connected.set()
             try:
@@ -137,11 +158,19 @@ class PgListener:
         log.warning("live: the LISTEN connection failed (%s); reconnecting in %.1f s", text, delay)
 
     def _listen(self, pg) -> None:
+        try:
+            self._listen_until_broken(pg)
+        finally:  # whatever arrived is committed: hand it over now, or the catch-up would skip it as published
+            self._publish_pending()
+
+    def _listen_until_broken(self, pg) -> None:
         last_bad = 0.0
         probed = published = time.monotonic()
-        pending: list[dict] = []
         while not self._stop.is_set():
-            wait = POLL_SECONDS if not pending else max(0.0, published + BATCH_SECONDS - time.monotonic())
+            now = time.monotonic()
+            wait = POLL_SECONDS if not self._pending else max(0.0, published + BATCH_SECONDS - now)
+            if self._gap_from is not None:
+                wait = min(wait, max(0.0, self._retry_at - now))
             ready, _, _ = select.select([pg], [], [], wait)
             if time.monotonic() - probed >= POLL_SECONDS:
                 probed = time.monotonic()
@@ -162,11 +191,19 @@ class PgListener:
                             last_bad = time.monotonic()
                             log.warning("live: ignored a %s notification that is not a bar event: %s", self.channel, exc)
                         continue
-                    pending.append(payload)
-                    self._remember(payload)
-            if pending and time.monotonic() - published >= BATCH_SECONDS:
-                self.hub.publish_many(pending)
-                pending, published = [], time.monotonic()
+                    self._pending.append(payload)
+            if self._pending and time.monotonic() - published >= BATCH_SECONDS:
+                self._publish_pending()
+                published = time.monotonic()
+            if self._gap_from is not None and time.monotonic() >= self._retry_at:
+                self._try_catch_up()
+
+    def _publish_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self.hub.publish_many(pending)
+            for payload in pending:  # remembered once published, never before
+                self._remember(payload)
 
     def _remember(self, payload: dict) -> None:
         key = (payload.get("provider"), payload.get("symbol"), payload.get("interval"))
@@ -175,23 +212,40 @@ class PgListener:
         if len(self._seen) > SEEN_SERIES_MAX:
             self._seen.popitem(last=False)
 
-    def _catch_up(self) -> None:
-        if self._listening_since is None:
+    def _try_catch_up(self) -> None:
+        """Catch up on the gap owed; when that fails, keep its start and try again later (backing off)."""
+        if self._gap_from is None:
             return
-        since = self._listening_since - timedelta(seconds=CATCHUP_MARGIN_SECONDS)
         try:
-            found = bars_since(self.engine, since)
-        except MarketpollError as exc:
-            log.warning("live: could not catch up after reconnecting: %s", exc)
-            return
+            self._catch_up(self._gap_from)
+        except Exception as exc:  # noqa: BLE001 - a database still away (LoadError) or a bug: the gap stays owed
+            self.state["catch_up_failures"] += 1
+            self._retry_delay = min(max(self._retry_delay * 2, CATCHUP_RETRY_SECONDS), RECONNECT_MAX_SECONDS)
+            self._retry_at = time.monotonic() + self._retry_delay
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("live: could not catch up on what was written while not listening (%s); retrying in %.1f s",
+                        text, self._retry_delay)  # fmt: skip
+        else:
+            self._gap_from, self._retry_delay = None, 0.0
+        self.state["catch_up_owed"] = self._gap_from is not None
+
+    def _catch_up(self, gap_from: datetime) -> None:
+        """Publish the series written since ``gap_from`` (less the margin) not published already; raises LoadError."""
+        since = gap_from - timedelta(seconds=CATCHUP_MARGIN_SECONDS)
+        found = bars_since(self.engine, since, window=None)  # the listener's own gap: read whole
+        if found.truncated:
+            log.warning("live: more series were written while not listening than one catch-up sends; "
+                        "the %d most recently written are published", len(found.payloads))  # fmt: skip
+        self._publish_pending()  # what was heard before goes first, and is not published twice
         fresh = []
-        for payload in found:
+        for payload in found.payloads:
             key = (payload["provider"], payload["symbol"], payload["interval"])
             if self._seen.get(key) == (payload["ts"], payload["close"]):
                 continue  # published before the gap, with this very bar
             fresh.append(payload)
-            self._remember(payload)
         self.state["caught_up"] += len(fresh)
         if fresh:
             log.info("live: caught up %d series written while not listening", len(fresh))
             self.hub.publish_many(fresh)
+            for payload in fresh:
+                self._remember(payload)

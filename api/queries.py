@@ -1,7 +1,8 @@
 """What the live API reads from ``bars``: catch-up after a gap, and prices over the last 24 hours.
 
-Every read is bounded (:data:`CATCHUP_SERIES_MAX`, :data:`PRICE_SERIES_MAX`) and uses the
-primary key ``(provider, symbol, interval, ts)`` where it can. Values are the stored decimal
+Every read is bounded (:data:`CATCHUP_WINDOW`, :data:`CATCHUP_ROWS_MAX`, :data:`CATCHUP_SERIES_MAX`,
+:data:`PRICE_SERIES_MAX`) and uses the primary key ``(provider, symbol, interval, ts)`` where it can
+(a catch-up also the ``bars_ingested_at`` index). Values are the stored decimal
 text (exact on PostgreSQL; SQLite keeps a number, so its text may drop trailing zeros).
 """
 
@@ -10,17 +11,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
 from api.events import EventFilter
 from db.engine import is_postgres, translate_db_errors
-from db.tables import bars
+from db.tables import BAR_VALUES, bars
 
-__all__ = ["bars_since", "prices", "all_series", "CATCHUP_SERIES_MAX", "PRICE_SERIES_MAX", "PRICE_WINDOW"]
+__all__ = ["bars_since", "CatchUp", "explain_bars_since", "prices", "all_series", "CATCHUP_SERIES_MAX", "CATCHUP_ROWS_MAX",
+           "CATCHUP_WINDOW", "PRICE_SERIES_MAX", "PRICE_WINDOW"]  # fmt: skip
 
-#: Series one catch-up sends at most (the newest-ingested ones); a client further behind reloads.
+#: Series one catch-up sends at most (the most recently written ones); the result says when it dropped older ones.
 CATCHUP_SERIES_MAX = 10_000
+#: Rows one catch-up reads at most (the most recently written ones); the result says when it stopped there.
+CATCHUP_ROWS_MAX = 500_000
+#: How far back a catch-up reads at most (from now): an older ``since`` is clamped, and the result says so.
+CATCHUP_WINDOW = timedelta(hours=2)
 #: Series one price read covers at most (a ``prices`` room snapshot, a burst of live updates).
 PRICE_SERIES_MAX = 10_000
 #: What ``change_24h`` and ``volume_24h`` compare with: the newest bar vs the last bar at least this much older.
@@ -45,15 +52,20 @@ def _iso_z(ts: datetime) -> str:
     return _utc(ts).replace(tzinfo=None).isoformat() + "Z"
 
 
-def bars_since(engine: sa.Engine, since: datetime, event_filter: EventFilter | None = None) -> list[dict]:
-    """Payloads (:func:`etl.events.bar_payload`'s shape) of the series with rows written at or after ``since`` (UTC).
+class CatchUp(NamedTuple):
+    """What :func:`bars_since` found: ``payloads`` (oldest write first); ``since``, the instant it read from
+    (UTC, after the clamp); ``clamped``: the instant asked for was older than the window, so series changed
+    only before ``since`` are not there; ``truncated``: more than :data:`CATCHUP_SERIES_MAX` series changed
+    (or more than :data:`CATCHUP_ROWS_MAX` rows were written), so the ones changed longest ago are not there
+    (and the ``rows`` of the oldest kept may be short)."""
 
-    One per series: its newest bar among those rows, ``rows`` = how many; oldest write first; at
-    most :data:`CATCHUP_SERIES_MAX`. ``ingested_at`` is the writing transaction's start, so callers
-    pass ``since`` early enough to cover a transaction that began before it and committed after.
-    Raises LoadError.
-    """
-    f = event_filter or EventFilter()
+    payloads: list[dict]
+    since: datetime
+    clamped: bool = False
+    truncated: bool = False
+
+
+def _catch_up_query(engine: sa.Engine, since: datetime, f: EventFilter, limit: int) -> sa.Select:
     conds = [bars.c.ingested_at >= (since if is_postgres(engine) else since.astimezone(UTC).replace(tzinfo=None))]
     if f.symbols is not None:
         conds.append(bars.c.symbol.in_(sorted(f.symbols)))
@@ -61,37 +73,86 @@ def bars_since(engine: sa.Engine, since: datetime, event_filter: EventFilter | N
         conds.append(bars.c.provider == f.provider)
     if f.interval is not None:
         conds.append(bars.c.interval == f.interval)
-    key = (bars.c.provider, bars.c.symbol, bars.c.interval)
-    recent = (
-        sa.select(
-            *key, sa.func.max(bars.c.ts).label("ts"), sa.func.count().label("rows"), sa.func.max(bars.c.ingested_at).label("at")
-        )  # fmt: skip
+    written = (  # the rows written since, newest first: a backward range of the bars_ingested_at index, bounded
+        sa.select(bars.c.provider, bars.c.symbol, bars.c.interval, bars.c.ts, bars.c.ingested_at)
         .where(*conds)
+        .order_by(bars.c.ingested_at.desc())
+        .limit(CATCHUP_ROWS_MAX)
+        .subquery("w")
+    )
+    key = (written.c.provider, written.c.symbol, written.c.interval)
+    at = sa.func.max(written.c.ingested_at).label("at")
+    read = sa.func.sum(sa.func.count()).over().label("read")  # rows read in all: CATCHUP_ROWS_MAX means it stopped there
+    recent = (
+        sa.select(*key, sa.func.max(written.c.ts).label("ts"), sa.func.count().label("rows"), at, read)
         .group_by(*key)
-        .order_by(sa.text("at"))
-        .limit(CATCHUP_SERIES_MAX)
-        .subquery()
+        .order_by(at.desc(), *key)  # the most recently written series are the ones kept
+        .limit(limit)
+        .subquery("recent")
     )
     b = bars.alias("b")
-    values = [sa.cast(b.c[v], sa.Text) for v in ("open", "high", "low", "close", "volume")]
-    q = (
-        sa.select(recent.c.provider, recent.c.symbol, recent.c.interval, recent.c.ts, *values, recent.c.rows)
-        .join_from(
-            recent,
-            b,
-            sa.and_(
-                b.c.provider == recent.c.provider,
-                b.c.symbol == recent.c.symbol,
-                b.c.interval == recent.c.interval,
-                b.c.ts == recent.c.ts,
-            ),
-        )  # fmt: skip
-        .order_by(recent.c.at)
-    )
+    same = (b.c.provider == recent.c.provider, b.c.symbol == recent.c.symbol, b.c.interval == recent.c.interval,
+            b.c.ts == recent.c.ts)  # fmt: skip
+    values = [sa.cast(b.c[v], sa.Text).label(v) for v in BAR_VALUES]
+    cols = [recent.c.provider, recent.c.symbol, recent.c.interval, recent.c.ts]
+    order = (recent.c.at, recent.c.provider, recent.c.symbol, recent.c.interval)
+    if is_postgres(engine):
+        # LIMIT 1 keeps the lateral a subquery: one primary-key probe per series (never a hash join over bars)
+        newest = sa.select(*values).where(*same).limit(1).lateral("n")
+        q = sa.select(*cols, *(newest.c[v] for v in BAR_VALUES), recent.c.rows, recent.c.read)
+        return q.join_from(recent, newest, sa.true()).order_by(*order)
+    return sa.select(*cols, *values, recent.c.rows, recent.c.read).join_from(recent, b, sa.and_(*same)).order_by(*order)
+
+
+def _pin_plan(conn: sa.Connection) -> None:
+    """On PostgreSQL, keep the catch-up on its indexes in this transaction: on a table without statistics
+    (never analyzed: autovacuum off, a fresh load) the planner would guess a third of ``bars`` matches and
+    read it all."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+
+
+def explain_bars_since(engine: sa.Engine, since: datetime, event_filter: EventFilter | None = None) -> str:
+    """PostgreSQL's plan of :func:`bars_since`'s statement for ``since`` (not clamped), as it would run it."""
+    q = _catch_up_query(engine, _utc(since), event_filter or EventFilter(), CATCHUP_SERIES_MAX + 1).compile(engine)
+    with translate_db_errors("explaining the catch-up"), engine.connect() as conn:
+        _pin_plan(conn)
+        return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(q), q.params))
+
+
+def bars_since(
+    engine: sa.Engine, since: datetime, event_filter: EventFilter | None = None, *,
+    window: timedelta | None = CATCHUP_WINDOW, now: datetime | None = None,
+) -> CatchUp:  # fmt: skip
+    """The series with rows written at or after ``since`` (UTC), as payloads (:func:`etl.events.bar_payload`'s shape).
+
+    One per series: its newest bar (the greatest ``ts`` among those rows) and ``rows`` = how many rows were
+    written since; oldest write first. Not every bar: a consumer that needs each one reads ``bars`` by
+    ``ingested_at`` or ``ts``. ``ingested_at`` is the writing transaction's start, so callers pass ``since``
+    early enough to cover a transaction that began before it and committed after.
+
+    Bounded: ``since`` is clamped to ``now - window`` (default :data:`CATCHUP_WINDOW`; None: not clamped,
+    for a caller whose ``since`` is its own recent past, such as the LISTEN connection); at most
+    :data:`CATCHUP_ROWS_MAX` rows read and :data:`CATCHUP_SERIES_MAX` series sent, the most recently written
+    ones. Either bound is told in the result
+    (:class:`CatchUp`). PostgreSQL reads the rows written since through the ``bars_ingested_at`` index and
+    each series' newest bar through the primary key. Raises LoadError.
+    """
+    since = _utc(since)
+    clamped = False
+    if window is not None:
+        floor = _utc(now or datetime.now(UTC)) - window
+        if since < floor:
+            since, clamped = floor, True
+    q = _catch_up_query(engine, since, event_filter or EventFilter(), CATCHUP_SERIES_MAX + 1)
     with translate_db_errors("reading bars to catch up"), engine.connect() as conn:
+        _pin_plan(conn)
         rows = conn.execute(q).all()
-    return [{"provider": p, "symbol": s, "interval": i, "ts": _iso_z(ts), "open": _text(o), "high": _text(h), "low": _text(lo),
-             "close": _text(c), "volume": _text(v), "rows": int(n)} for p, s, i, ts, o, h, lo, c, v, n in rows]  # fmt: skip
+    truncated = len(rows) > CATCHUP_SERIES_MAX or (bool(rows) and int(rows[0].read) >= CATCHUP_ROWS_MAX)
+    rows = rows[-CATCHUP_SERIES_MAX:]  # the series written longest ago go first
+    found = [{"provider": p, "symbol": s, "interval": i, "ts": _iso_z(ts), "open": _text(o), "high": _text(h), "low": _text(lo),
+              "close": _text(c), "volume": _text(v), "rows": int(n)} for p, s, i, ts, o, h, lo, c, v, n, _ in rows]  # fmt: skip
+    return CatchUp(found, since, clamped, truncated)
 
 
 _SKIP_SCAN = """

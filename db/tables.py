@@ -40,6 +40,7 @@ bars = sa.Table(
     sa.Column("volume", sa.Numeric, nullable=True),  # NULL: the market reports no volume (an index)
     sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("adj_close", sa.Numeric, nullable=True),  # split/dividend-adjusted close, when the provider sends one
+    sa.Index("bars_ingested_at", "ingested_at"),  # what a live catch-up reads: rows written since (0012)
 )
 
 etl_runs = sa.Table(

@@ -15,7 +15,7 @@ import pytest
 from api.events import EventFilter, EventHub
 from api.listen import PgListener
 from clock import ManualClock
-from errors import ConfigError
+from errors import ConfigError, LoadError
 from etl.events import BARS_CHANNEL, bar_payload
 from etl.load import PostgresBarLoader
 from models.bar import Bar
@@ -169,6 +169,69 @@ def test_listen_reconnects_after_the_backend_is_killed_and_catches_up(pg_engine,
         loader.load(series("AAPL", 1))  # and it listens again
         assert _wait(lambda: len(sub) >= 1)
         assert [e.payload["symbol"] for e in sub.drain()] == ["AAPL"]
+    finally:
+        listener.close()
+        hub.close()
+
+
+def _kill(pg_engine, listener: PgListener) -> None:
+    with pg_engine.connect() as c:
+        c.exec_driver_sql("SELECT pg_terminate_backend(%s)", (listener.state["backend_pid"],))
+
+
+def test_notifications_held_for_the_batch_when_the_connection_breaks_are_published_once(pg_engine, monkeypatch):
+    monkeypatch.setattr("api.listen.BATCH_SECONDS", 60.0)  # a notification waits in the batch: the break falls inside it
+    hub = EventHub()
+    sub = hub.subscribe(maxsize=1_000)
+    listener = PgListener(pg_engine, hub)
+    loader = PostgresBarLoader(pg_engine)
+    try:
+        assert listener.connected.wait(10)
+        loader.load(series("IBM", 2))
+        assert _wait(lambda: listener.state["notifications"] == 1)  # heard, held until the batch is due
+        assert len(sub) == 0
+        _kill(pg_engine, listener)
+        assert _wait(lambda: len(sub) >= 1)  # handed over when the connection broke
+        assert [(e.payload["symbol"], e.payload["ts"], e.payload["rows"]) for e in sub.drain()] == [
+            ("IBM", "2024-03-11T14:01:00Z", 2)]  # fmt: skip
+        # after the reconnect the catch-up reads IBM from the table and skips it: published once, not lost
+        assert _wait(lambda: listener.state["reconnects"] == 1 and listener.connected.is_set() and listener.state["connected"])
+        assert len(sub) == 0 and listener.state["caught_up"] == 0
+    finally:
+        listener.close()
+        hub.close()
+
+
+def test_a_failed_catch_up_keeps_the_start_of_the_gap_and_is_retried(pg_engine, monkeypatch):
+    import api.listen
+
+    monkeypatch.setattr("api.listen.RECONNECT_INITIAL_SECONDS", 1.0)  # a window in which a load commits unheard
+    monkeypatch.setattr("api.listen.CATCHUP_RETRY_SECONDS", 0.1, raising=False)  # new with the fix
+    real, calls = api.listen.bars_since, []
+
+    def flaky(engine, since, *args, **kwargs):
+        calls.append(since)
+        if len(calls) == 1:
+            raise LoadError("the database went away again", transient=True)
+        return real(engine, since, *args, **kwargs)
+
+    monkeypatch.setattr("api.listen.bars_since", flaky)
+    hub = EventHub()
+    sub = hub.subscribe(maxsize=1_000)
+    listener = PgListener(pg_engine, hub)
+    loader = PostgresBarLoader(pg_engine)
+    try:
+        assert listener.connected.wait(10)
+        loader.load(series("IBM", 2))
+        assert _wait(lambda: len(sub) >= 1)
+        sub.drain()
+        _kill(pg_engine, listener)
+        assert _wait(lambda: not listener.connected.is_set())
+        loader.load(series("MSFT", 3))  # committed while nobody listens
+        assert _wait(lambda: len(sub) >= 1)  # the second catch-up, from the same start, finds it
+        assert [(e.payload["symbol"], e.payload["rows"]) for e in sub.drain()] == [("MSFT", 3)]
+        assert len(calls) == 2 and calls[1] == calls[0]
+        assert listener.state["catch_up_failures"] == 1 and listener.state["catch_up_owed"] is False
     finally:
         listener.close()
         hub.close()
