@@ -237,11 +237,11 @@ class AlertService:
             self._apply(rule, rule.subject, False, None, lambda: "")
             return
         age = Decimal(str(round(result.age_minutes, 1)))
-        last = newest_end.isoformat() if newest_end else "never"
+        last = f"the newest bar ended {newest_end.isoformat()}" if newest_end else "no bar of it is stored yet"
 
         def text() -> str:
             return (f"{rule.name}: no new bar of {rule.subject} for {_show(age)} min (alert after {rule.threshold:g}) while "
-                    f"{exchange}'s {sess.value} session is open; the newest bar ended {last}")  # fmt: skip
+                    f"{exchange}'s {sess.value} session is open; {last}")  # fmt: skip
 
         self._apply(rule, rule.subject, result.holding, age, text)
 

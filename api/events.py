@@ -7,9 +7,9 @@ to the ``GET /events`` streams, the ``WS /ws`` rooms and any in-process subscrib
 - **Ids.** Each event gets an id: microseconds since the epoch (UTC) when the hub received
   it, strictly increasing. A client that saw id *X* resumes from the replay buffer (the last
   :data:`REPLAY_EVENTS` events) when it still covers *X*, exactly (every event after *X*);
-  otherwise (the server restarted, or *X* is older than the buffer) from the ``bars`` table
+  otherwise (the server restarted, or *X* is older than the buffer) from the tables
   (:func:`api.queries.bars_since`): each series changed since, once, with its newest bar and the
-  count of rows written (``rows``), not each intermediate bar; bounded in time and series, and
+  rows its last write inserted or changed (``rows``), not each intermediate bar; bounded in time and series, and
   told by an ``event: reload`` when it left changes out (see :mod:`api.sse`).
 - **Bounded, never blocking.** :meth:`EventHub.publish` never waits: each subscriber has a
   queue of at most ``maxsize`` events, and one that falls that far behind is *dropped* (its

@@ -6,13 +6,13 @@ batch (:meth:`api.events.EventHub.publish_many`). When the connection breaks (a 
 restart, ``pg_terminate_backend``), it reconnects with backoff (:data:`RECONNECT_INITIAL_SECONDS`,
 doubling up to :data:`RECONNECT_MAX_SECONDS`); once ``LISTEN`` is in place again it *catches up*:
 the series written since the last moment it knew it was listening (less :data:`CATCHUP_MARGIN_SECONDS`,
-for transactions that began before and committed after) are read from ``bars``
+for transactions that began before and committed after) are read from ``series_last_write`` and ``bars``
 (:func:`api.queries.bars_since`) and published, except those already published with the same
 newest bar.
 
 What a subscriber gets around an outage: every series changed during it, once, as one event with its
-newest bar and ``rows`` = how many of its rows were written since the gap began (its intermediate bars
-are not separate events: a consumer that needs each bar reads ``bars`` by ``ingested_at`` or ``ts``);
+newest bar and ``rows`` = how many of its rows its last write inserted or changed (its intermediate bars
+are not separate events: a consumer that needs each bar reads ``bars`` by ``ts``);
 an event may come twice. Notifications received but not yet handed to the hub when the connection
 breaks are handed over then (so the catch-up, which skips what was published, cannot skip them). A
 catch-up that fails (the database still unreachable) keeps the start of the gap and is retried

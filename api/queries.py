@@ -1,8 +1,8 @@
 """What the live API reads from ``bars``: catch-up after a gap, and prices over the last 24 hours.
 
-Every read is bounded (:data:`CATCHUP_WINDOW`, :data:`CATCHUP_ROWS_MAX`, :data:`CATCHUP_SERIES_MAX`,
-:data:`PRICE_SERIES_MAX`) and uses the primary key ``(provider, symbol, interval, ts)`` where it can
-(a catch-up also the ``bars_ingested_at`` index). Values are the stored decimal
+Every read is bounded (:data:`CATCHUP_WINDOW`, :data:`CATCHUP_SERIES_MAX`, :data:`PRICE_SERIES_MAX`) and
+reads ``bars`` through its primary key ``(provider, symbol, interval, ts)`` where it can (a catch-up finds the
+series written since in ``series_last_write``, then probes ``bars`` once per series). Values are the stored decimal
 text (exact on PostgreSQL; SQLite keeps a number, so its text may drop trailing zeros).
 """
 
@@ -17,15 +17,13 @@ import sqlalchemy as sa
 
 from api.events import EventFilter
 from db.engine import is_postgres, translate_db_errors
-from db.tables import BAR_VALUES, bars
+from db.tables import BAR_VALUES, bars, series_last_write
 
-__all__ = ["bars_since", "CatchUp", "explain_bars_since", "prices", "all_series", "CATCHUP_SERIES_MAX", "CATCHUP_ROWS_MAX",
-           "CATCHUP_WINDOW", "PRICE_SERIES_MAX", "PRICE_WINDOW"]  # fmt: skip
+__all__ = ["bars_since", "CatchUp", "explain_bars_since", "prices", "all_series", "CATCHUP_SERIES_MAX", "CATCHUP_WINDOW",
+           "PRICE_SERIES_MAX", "PRICE_WINDOW"]  # fmt: skip
 
 #: Series one catch-up sends at most (the most recently written ones); the result says when it dropped older ones.
 CATCHUP_SERIES_MAX = 10_000
-#: Rows one catch-up reads at most (the most recently written ones); the result says when it stopped there.
-CATCHUP_ROWS_MAX = 500_000
 #: How far back a catch-up reads at most (from now): an older ``since`` is clamped, and the result says so.
 CATCHUP_WINDOW = timedelta(hours=2)
 #: Series one price read covers at most (a ``prices`` room snapshot, a burst of live updates).
@@ -55,9 +53,8 @@ def _iso_z(ts: datetime) -> str:
 class CatchUp(NamedTuple):
     """What :func:`bars_since` found: ``payloads`` (oldest write first); ``since``, the instant it read from
     (UTC, after the clamp); ``clamped``: the instant asked for was older than the window, so series changed
-    only before ``since`` are not there; ``truncated``: more than :data:`CATCHUP_SERIES_MAX` series changed
-    (or more than :data:`CATCHUP_ROWS_MAX` rows were written), so the ones changed longest ago are not there
-    (and the ``rows`` of the oldest kept may be short)."""
+    only before ``since`` are not there; ``truncated``: more than :data:`CATCHUP_SERIES_MAX` series changed,
+    so the ones changed longest ago are not there."""
 
     payloads: list[dict]
     since: datetime
@@ -66,57 +63,48 @@ class CatchUp(NamedTuple):
 
 
 def _catch_up_query(engine: sa.Engine, since: datetime, f: EventFilter, limit: int) -> sa.Select:
-    conds = [bars.c.ingested_at >= (since if is_postgres(engine) else since.astimezone(UTC).replace(tzinfo=None))]
+    w = series_last_write
+    conds = [w.c.written_at >= (since if is_postgres(engine) else since.astimezone(UTC).replace(tzinfo=None))]
     if f.symbols is not None:
-        conds.append(bars.c.symbol.in_(sorted(f.symbols)))
+        conds.append(w.c.symbol.in_(sorted(f.symbols)))
     if f.provider is not None:
-        conds.append(bars.c.provider == f.provider)
+        conds.append(w.c.provider == f.provider)
     if f.interval is not None:
-        conds.append(bars.c.interval == f.interval)
-    written = (  # the rows written since, newest first: a backward range of the bars_ingested_at index, bounded
-        sa.select(bars.c.provider, bars.c.symbol, bars.c.interval, bars.c.ts, bars.c.ingested_at)
+        conds.append(w.c.interval == f.interval)
+    key = (w.c.provider, w.c.symbol, w.c.interval)
+    recent = (  # the series written since, the most recently written first: one row each, bounded
+        sa.select(*key, w.c.newest_ts, w.c.written_at.label("at"), w.c.rows_written.label("rows"))
         .where(*conds)
-        .order_by(bars.c.ingested_at.desc())
-        .limit(CATCHUP_ROWS_MAX)
-        .subquery("w")
-    )
-    key = (written.c.provider, written.c.symbol, written.c.interval)
-    at = sa.func.max(written.c.ingested_at).label("at")
-    read = sa.func.sum(sa.func.count()).over().label("read")  # rows read in all: CATCHUP_ROWS_MAX means it stopped there
-    recent = (
-        sa.select(*key, sa.func.max(written.c.ts).label("ts"), sa.func.count().label("rows"), at, read)
-        .group_by(*key)
-        .order_by(at.desc(), *key)  # the most recently written series are the ones kept
+        .order_by(w.c.written_at.desc(), *key)
         .limit(limit)
         .subquery("recent")
     )
     b = bars.alias("b")
     same = (b.c.provider == recent.c.provider, b.c.symbol == recent.c.symbol, b.c.interval == recent.c.interval,
-            b.c.ts == recent.c.ts)  # fmt: skip
+            b.c.ts <= recent.c.newest_ts)  # fmt: skip
     values = [sa.cast(b.c[v], sa.Text).label(v) for v in BAR_VALUES]
-    cols = [recent.c.provider, recent.c.symbol, recent.c.interval, recent.c.ts]
+    cols = [recent.c.provider, recent.c.symbol, recent.c.interval]
     order = (recent.c.at, recent.c.provider, recent.c.symbol, recent.c.interval)
     if is_postgres(engine):
-        # LIMIT 1 keeps the lateral a subquery: one primary-key probe per series (never a hash join over bars)
-        newest = sa.select(*values).where(*same).limit(1).lateral("n")
-        q = sa.select(*cols, *(newest.c[v] for v in BAR_VALUES), recent.c.rows, recent.c.read)
+        # each series' newest bar (at or before newest_ts: a bar deleted since does not hide the series), one
+        # backward primary-key probe per series; LIMIT 1 keeps the lateral a subquery (never a join over bars)
+        newest = sa.select(b.c.ts, *values).where(*same).order_by(b.c.ts.desc()).limit(1).lateral("n")
+        q = sa.select(*cols, newest.c.ts, *(newest.c[v] for v in BAR_VALUES), recent.c.rows)
         return q.join_from(recent, newest, sa.true()).order_by(*order)
-    return sa.select(*cols, *values, recent.c.rows, recent.c.read).join_from(recent, b, sa.and_(*same)).order_by(*order)
-
-
-def _pin_plan(conn: sa.Connection) -> None:
-    """On PostgreSQL, keep the catch-up on its indexes in this transaction: on a table without statistics
-    (never analyzed: autovacuum off, a fresh load) the planner would guess a third of ``bars`` matches and
-    read it all."""
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+    b2 = bars.alias("b2")
+    at = (
+        sa.select(sa.func.max(b2.c.ts))
+        .where(*(b2.c[c] == recent.c[c] for c in ("provider", "symbol", "interval")), b2.c.ts <= recent.c.newest_ts)
+        .scalar_subquery()
+    )
+    on = sa.and_(*same[:3], b.c.ts == at)
+    return sa.select(*cols, b.c.ts, *values, recent.c.rows).join_from(recent, b, on).order_by(*order)
 
 
 def explain_bars_since(engine: sa.Engine, since: datetime, event_filter: EventFilter | None = None) -> str:
     """PostgreSQL's plan of :func:`bars_since`'s statement for ``since`` (not clamped), as it would run it."""
     q = _catch_up_query(engine, _utc(since), event_filter or EventFilter(), CATCHUP_SERIES_MAX + 1).compile(engine)
     with translate_db_errors("explaining the catch-up"), engine.connect() as conn:
-        _pin_plan(conn)
         return "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + str(q), q.params))
 
 
@@ -124,19 +112,20 @@ def bars_since(
     engine: sa.Engine, since: datetime, event_filter: EventFilter | None = None, *,
     window: timedelta | None = CATCHUP_WINDOW, now: datetime | None = None,
 ) -> CatchUp:  # fmt: skip
-    """The series with rows written at or after ``since`` (UTC), as payloads (:func:`etl.events.bar_payload`'s shape).
+    """The series written at or after ``since`` (UTC), as payloads (:func:`etl.events.bar_payload`'s shape).
 
-    One per series: its newest bar (the greatest ``ts`` among those rows) and ``rows`` = how many rows were
-    written since; oldest write first. Not every bar: a consumer that needs each one reads ``bars`` by
-    ``ingested_at`` or ``ts``. ``ingested_at`` is the writing transaction's start, so callers pass ``since``
-    early enough to cover a transaction that began before it and committed after.
+    One per series: its newest bar and ``rows`` = the rows inserted or changed by the series' *last* write
+    (earlier writes since ``since`` are not added in: a series written by three loads during the gap says
+    what the third wrote); oldest write first. Not every bar: a consumer that needs each one reads ``bars`` by
+    ``ts``. The series come from ``series_last_write`` (one row per series, which the loader keeps in the
+    transaction that writes the bars): its ``written_at`` is the writing transaction's start, so callers pass
+    ``since`` early enough to cover a transaction that began before it and committed after.
 
     Bounded: ``since`` is clamped to ``now - window`` (default :data:`CATCHUP_WINDOW`; None: not clamped,
     for a caller whose ``since`` is its own recent past, such as the LISTEN connection); at most
-    :data:`CATCHUP_ROWS_MAX` rows read and :data:`CATCHUP_SERIES_MAX` series sent, the most recently written
-    ones. Either bound is told in the result
-    (:class:`CatchUp`). PostgreSQL reads the rows written since through the ``bars_ingested_at`` index and
-    each series' newest bar through the primary key. Raises LoadError.
+    :data:`CATCHUP_SERIES_MAX` series sent, the most recently written ones. Either bound is told in the result
+    (:class:`CatchUp`). ``bars`` itself is read only by one primary-key probe per series sent, whatever its
+    size, statistics or ``since``. Raises LoadError.
     """
     since = _utc(since)
     clamped = False
@@ -146,12 +135,11 @@ def bars_since(
             since, clamped = floor, True
     q = _catch_up_query(engine, since, event_filter or EventFilter(), CATCHUP_SERIES_MAX + 1)
     with translate_db_errors("reading bars to catch up"), engine.connect() as conn:
-        _pin_plan(conn)
         rows = conn.execute(q).all()
-    truncated = len(rows) > CATCHUP_SERIES_MAX or (bool(rows) and int(rows[0].read) >= CATCHUP_ROWS_MAX)
+    truncated = len(rows) > CATCHUP_SERIES_MAX
     rows = rows[-CATCHUP_SERIES_MAX:]  # the series written longest ago go first
     found = [{"provider": p, "symbol": s, "interval": i, "ts": _iso_z(ts), "open": _text(o), "high": _text(h), "low": _text(lo),
-              "close": _text(c), "volume": _text(v), "rows": int(n)} for p, s, i, ts, o, h, lo, c, v, n, _ in rows]  # fmt: skip
+              "close": _text(c), "volume": _text(v), "rows": int(n)} for p, s, i, ts, o, h, lo, c, v, n in rows]  # fmt: skip
     return CatchUp(found, since, clamped, truncated)
 
 

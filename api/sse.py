@@ -7,10 +7,10 @@ payload JSON>`` (:func:`etl.events.bar_payload`); a comment ping every :data:`PI
 proxies from closing an idle stream.
 
 Resume: from the hub's replay buffer when it still covers the id (exact: every event after it, each
-with its own id). Else from the ``bars`` table (:func:`api.queries.bars_since`, the margin of
+with its own id). Else from the tables (:func:`api.queries.bars_since`, the margin of
 :data:`api.listen.CATCHUP_MARGIN_SECONDS` included): one event per series written since, carrying its
-newest bar and ``rows`` (how many of its rows were written since), not each intermediate bar (a client
-that needs every bar reads ``bars`` by ``ingested_at`` or ``ts``); an event may come twice. Those
+newest bar and ``rows`` (how many of its rows its last write inserted or changed), not each intermediate
+bar (a client that needs every bar reads ``bars`` by ``ts``); an event may come twice. Those
 catch-up events carry the id the client resumed from, and the last one the hub's current id, so a
 client cut off in the middle of a catch-up starts it again. A catch-up reaches back at most
 :data:`api.queries.CATCHUP_WINDOW` and sends at most :data:`api.queries.CATCHUP_SERIES_MAX` series

@@ -3,6 +3,7 @@
 - ``bars``: one row per (provider, symbol, interval, ts); ``ts`` is the bar *start*,
   ``timestamptz`` in UTC; prices and volume ``numeric`` (the provider's decimal text,
   kept exactly on PostgreSQL); ``ingested_at`` is when this version of the row was written.
+- ``series_last_write``: one row per series, its last write (newest ``ts``, when, rows), kept by the loader.
 - ``etl_runs``: the ledger, one row per cycle.
 - ``scheduled_jobs``: named jobs, one row each (not pickles: readable, editable, portable).
 - ``rejected_bars``: the audit trail of records that never became bars (raw timestamp, reason, excerpt).
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["metadata", "bars", "etl_runs", "scheduled_jobs", "rejected_bars", "corporate_actions", "series_preference",
-           "cluster_nodes", "cluster_chunks", "backfill_chunks", "no_data_ranges", "coverage", "latest_bars", "BAR_KEY",
-           "BAR_VALUES", "alert_rules", "alert_events"]  # fmt: skip
+__all__ = ["metadata", "bars", "series_last_write", "etl_runs", "scheduled_jobs", "rejected_bars", "corporate_actions",
+           "series_preference", "cluster_nodes", "cluster_chunks", "backfill_chunks", "no_data_ranges", "coverage",
+           "latest_bars", "BAR_KEY", "BAR_VALUES", "alert_rules", "alert_events"]  # fmt: skip
 
 metadata = sa.MetaData()
 
@@ -40,7 +41,21 @@ bars = sa.Table(
     sa.Column("volume", sa.Numeric, nullable=True),  # NULL: the market reports no volume (an index)
     sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("adj_close", sa.Numeric, nullable=True),  # split/dividend-adjusted close, when the provider sends one
-    sa.Index("bars_ingested_at", "ingested_at"),  # what a live catch-up reads: rows written since (0012)
+)
+
+#: one row per series the loader has written (0012): ``newest_ts`` the newest bar start written, ``written_at``
+#: the last transaction that inserted or changed rows in it (its start, as ``bars.ingested_at``) and
+#: ``rows_written`` how many it did; what a live catch-up reads (the series written since) and "which are fresh"
+series_last_write = sa.Table(
+    "series_last_write",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    sa.Column("symbol", sa.Text, primary_key=True),
+    sa.Column("interval", sa.Text, primary_key=True),
+    sa.Column("newest_ts", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("rows_written", sa.Integer, nullable=False),
+    sa.Index("series_last_write_written_at", "written_at"),
 )
 
 etl_runs = sa.Table(

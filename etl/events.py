@@ -31,7 +31,9 @@ def bar_payload(bar: Bar, rows: int) -> dict:
     ``{"provider", "symbol", "interval", "ts", "open", "high", "low", "close", "volume", "rows"}``:
     ``ts`` the bar's start, ISO 8601 in UTC ending in ``Z``; values the decimal text as stored
     (``volume`` may be None); ``rows`` the rows inserted or changed in the series by that transaction.
-    The same shape on PostgreSQL (NOTIFY) and SQLite (the in-process bus).
+    The same shape on PostgreSQL (NOTIFY) and SQLite (the in-process bus), and in a catch-up from the tables
+    (:func:`api.queries.bars_since`), where ``rows`` are those of the series' last write (its
+    ``series_last_write.rows_written``) and the bar its newest.
     """
     ts = bar.ts.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
     return {"provider": bar.provider, "symbol": bar.symbol, "interval": bar.interval, "ts": ts, "open": bar.open,

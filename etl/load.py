@@ -33,7 +33,10 @@ built for that case, and nothing in it costs more as the history grows or depend
 Every path that writes rows also sends, in the same transaction and round trip as its last
 statement (before ``COMMIT``), one ``NOTIFY marketpoll_bars`` per series changed
 (:func:`_notify_statements`; payload: :func:`etl.events.bar_payload`), so listeners hear of a
-load only once it committed. A load that writes nothing notifies nothing.
+load only once it committed. A load that writes nothing notifies nothing. The same round trip, first,
+upserts the ``series_last_write`` row of each series changed (:func:`_series_statements`: its newest bar
+start, the write time, the rows written), what the live catch-up reads instead of ``bars``
+(:func:`api.queries.bars_since`); a load that writes nothing writes no such row either.
 
 An ``adj_close`` of None means "not sent" (every fetch but an adjusted one), never "erase it": on every path
 above and on SQLite, a bar without one whose OHLCV equal the stored row's leaves that row as it is (not
@@ -41,8 +44,9 @@ written, not counted, ``ingested_at`` kept), and one whose OHLCV changed is writ
 (the stored adjusted close belonged to the old bar). A bar with an ``adj_close`` is compared and written whole.
 
 Values travel as the provider's decimal text; duplicate keys are removed first (the
-last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT``; their
-events go through the in-process bus (:mod:`etl.events` listeners) instead.
+last copy wins). Other databases (SQLite) use the dialect's ``INSERT … ON CONFLICT`` (and the same
+``series_last_write`` upsert in their transaction); their events go through the in-process bus
+(:mod:`etl.events` listeners) instead.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from db.engine import is_postgres, translate_db_errors
 from db.ledger import CREDIT_SQL, credit_statement
 from db.queries import SERIES_STATE_SQL
-from db.tables import BAR_KEY, BAR_VALUES, bars
+from db.tables import BAR_KEY, BAR_VALUES, bars, series_last_write
 from errors import ConfigError, LoadError
 from etl.events import BARS_CHANNEL, payload_json
 from etl.transform import dedupe_bars
@@ -426,6 +430,31 @@ class SeriesMemory:
         return zlib.crc32("\x1f".join(series).encode()) % (self.verify_every // 2 + 1)
 
 
+#: Each series changed, its row of ``series_last_write`` (see :func:`_series_statements`), in one statement: the
+#: newest bar start never goes back (a backfill of older bars keeps it), the write time and rows are this write's.
+_SERIES_UPSERT = """
+INSERT INTO series_last_write AS l (provider, symbol, interval, newest_ts, written_at, rows_written)
+SELECT provider, symbol, interval, newest_ts, now(), rows_written
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::int[])
+     AS k(provider, symbol, interval, newest_ts, rows_written)
+ON CONFLICT (provider, symbol, interval) DO UPDATE SET newest_ts = GREATEST(l.newest_ts, EXCLUDED.newest_ts),
+    written_at = EXCLUDED.written_at, rows_written = EXCLUDED.rows_written
+"""
+
+
+def _series_statements(cur, span: dict, written: Counter[Series]) -> list[str]:
+    """The ``series_last_write`` upsert of each series that ``written`` says changed (its newest bar in the load,
+    the rows written), as literal SQL sent in the load's transaction, before ``COMMIT``. None when nothing was
+    written. The series go in sorted order, so two loads of the same series lock their rows in the same order
+    (the rows stay locked until ``COMMIT``: in another order, two overlapping loads could deadlock)."""
+    changed = sorted(s for s, n in written.items() if n > 0)
+    if not changed:
+        return []
+    params = ([s[0] for s in changed], [s[1] for s in changed], [s[2] for s in changed],
+              [span[s][1] for s in changed], [written[s] for s in changed])  # fmt: skip
+    return [cur.mogrify(_SERIES_UPSERT, params).decode()]
+
+
 #: One NOTIFY per series changed, all in one statement (see :func:`_notify_statements`).
 _NOTIFY = f"SELECT pg_notify('{BARS_CHANNEL}', p) FROM unnest(%s::text[]) AS p"  # noqa: S608 - a module constant
 
@@ -588,7 +617,10 @@ class PostgresBarLoader(BarLoader):
 
             def credited(written: Counter[Series]) -> tuple[list[int], list[str]]:
                 counts = [sum(written[s] for s in {b[:3] for b in batch}) for batch in batches]
-                return counts, [*(cur.mogrify(CREDIT_SQL, {"run_id": run_id, **t}).decode()
+                # the series rows first: they are locked only by loads of the same series, the ledger's
+                # row by every load of the cycle, so that one is held the shortest
+                return counts, [*_series_statements(cur, span, written),
+                                *(cur.mogrify(CREDIT_SQL, {"run_id": run_id, **t}).decode()
                                   for run_id, t in _credits_by_run(credits, counts).items()),
                                 *_notify_statements(cur, by_series, span, written)]  # fmt: skip
 
@@ -762,17 +794,34 @@ class SqlAlchemyBarLoader(BarLoader):
                 bars.c.adj_close.is_distinct_from(sa.func.coalesce(excluded.adj_close, bars.c.adj_close)),
             ),
         )
+        latest = sqlite_insert(series_last_write).values(written_at=sa.func.now())
+        self._series = latest.on_conflict_do_update(  # as _SERIES_UPSERT: SQLite's max(a, b) is GREATEST
+            index_elements=["provider", "symbol", "interval"],
+            set_={
+                "newest_ts": sa.func.max(series_last_write.c.newest_ts, latest.excluded.newest_ts),
+                "written_at": latest.excluded.written_at,
+                "rows_written": latest.excluded.rows_written,
+            },
+        )
 
     def _load_group(self, batches: list[list[Bar]], credits: list[Credit | None]) -> list[int]:
         out = []
+        changed: list[dict] = []  # the series_last_write rows of the series written
         with translate_db_errors("loading bars"), self.engine.begin() as conn:
             for batch in batches:
-                if not batch:
-                    out.append(0)
-                    continue
-                before = conn.exec_driver_sql("SELECT total_changes()").scalar()
-                conn.execute(self._stmt, [_params(b) for b in batch])
-                out.append(conn.exec_driver_sql("SELECT total_changes()").scalar() - before)
+                by_series, span = _by_series(batch)
+                n = 0
+                for s, rows in by_series.items():
+                    before = conn.exec_driver_sql("SELECT total_changes()").scalar()
+                    conn.execute(self._stmt, [_params(b) for b in rows])
+                    written = conn.exec_driver_sql("SELECT total_changes()").scalar() - before
+                    if written:
+                        changed.append({"provider": s[0], "symbol": s[1], "interval": s[2], "newest_ts": span[s][1],
+                                        "rows_written": written})  # fmt: skip
+                    n += written
+                out.append(n)
+            if changed:  # sorted, as on PostgreSQL (SQLite locks the whole database anyway)
+                conn.execute(self._series, sorted(changed, key=itemgetter("provider", "symbol", "interval")))
             for run_id, t in _credits_by_run(credits, out).items():
                 conn.execute(credit_statement(run_id, **t))
         return out

@@ -98,10 +98,12 @@ def pg_url():
 def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("TRUNCATE bars, etl_runs, scheduled_jobs, api_quota, rejected_bars, corporate_actions, "
-                                 "series_preference, backfill_chunks, no_data_ranges, coverage RESTART IDENTITY")  # fmt: skip
+            conn.exec_driver_sql("TRUNCATE bars, series_last_write, etl_runs, scheduled_jobs, api_quota, rejected_bars, "
+                                 "corporate_actions, series_preference, backfill_chunks, no_data_ranges, coverage "
+                                 "RESTART IDENTITY")  # fmt: skip
         else:
             conn.exec_driver_sql("DELETE FROM bars")
+            conn.exec_driver_sql("DELETE FROM series_last_write")
             conn.exec_driver_sql("DELETE FROM etl_runs")
             conn.exec_driver_sql("DELETE FROM scheduled_jobs")
             conn.exec_driver_sql("DELETE FROM api_quota")

@@ -1,5 +1,5 @@
-"""The API's catch-up from ``bars`` (SSE resume from before the replay buffer) over real HTTP and PostgreSQL:
-indexed and bounded, the newest series kept, a gap never skipped silently, resume points validated."""
+"""The API's catch-up from ``series_last_write`` and ``bars`` (SSE resume from before the replay buffer) over real
+HTTP and PostgreSQL: indexed and bounded, the newest series kept, a gap never skipped silently, resume points validated."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import pytest
 
 import api.sse
 from api import ApiServer, PollingStatus
+from api.events import EventFilter
 from api.queries import bars_since, explain_bars_since
 from clock import SystemClock
 from errors import LoadError
-from etl.load import PostgresBarLoader
+from etl.load import PostgresBarLoader, make_loader
 from models.bar import Bar
 
 T0 = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
@@ -124,34 +125,61 @@ def _wait(pred, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_the_catch_up_reads_rows_through_the_ingested_at_index_and_bars_through_the_primary_key(pg_engine):
-    # 200,000 rows (2,000 series), one written every 12 s over the last 28 days: 600 of them in the last 2 hours
+def test_the_catch_up_reads_the_series_table_and_bars_only_through_the_primary_key(pg_engine):
+    # 200,000 rows (2,000 series), one written every 12 s over the last 28 days: 600 series last written in the
+    # last 2 hours; series_last_write filled from them as migration 0012 does (one row per series)
     with pg_engine.begin() as c:
         c.exec_driver_sql(
             "INSERT INTO bars (provider, symbol, interval, ts, open, high, low, close, volume, ingested_at) "
             "SELECT 'demo', 'S' || (g %% 2000), '5min', timestamptz '2024-01-01' + (g / 2000) * interval '5 minutes', "
             "1, 1, 1, g, g, now() - (199999 - g) * interval '12 seconds' FROM generate_series(0, 199999) g"
         )
+        c.exec_driver_sql(
+            "INSERT INTO series_last_write (provider, symbol, interval, newest_ts, written_at, rows_written) "
+            "SELECT provider, symbol, interval, max(ts), max(ingested_at), 1 FROM bars GROUP BY provider, symbol, interval"
+        )
     recent = datetime.now(UTC) - timedelta(minutes=30)
     for analyzed in (False, True):  # never analyzed (autovacuum off, as here), then with statistics
         if analyzed:
             with pg_engine.begin() as c:
-                c.exec_driver_sql("ANALYZE bars")
-        for since in (recent, datetime.now(UTC) - timedelta(hours=2)):
+                c.exec_driver_sql("ANALYZE bars, series_last_write")
+        for since in (recent, datetime.now(UTC) - timedelta(hours=2), datetime(1970, 1, 1, tzinfo=UTC)):
             plan = explain_bars_since(pg_engine, since)
-            assert "Seq Scan on bars" not in plan and "Hash Join" not in plan, plan
-            assert "bars_ingested_at" in plan and "bars_pkey" in plan, plan
+            # bars: one backward primary-key probe per series, whatever its statistics and however far back
+            assert "Seq Scan on bars" not in plan and "Hash Join" not in plan and "Merge Join" not in plan, plan
+            assert "Index Scan Backward using bars_pkey on bars" in plan, plan
+            assert "series_last_write" in plan, plan
+            if analyzed and since == recent:  # 150 of 2,000 series: through the written_at index
+                assert "series_last_write_written_at" in plan, plan
+            # never analyzed, the planner may read the 2,000 rows of the series table whole (one per series:
+            # small, and no bigger as bars grows); measured at 20,000 series: 1.4 ms against 0.3 ms by the index
     # unauthenticated "since 1970": clamped to the window, and it says so
     t0 = time.perf_counter()
     found = bars_since(pg_engine, datetime(1970, 1, 1, tzinfo=UTC))
     elapsed = time.perf_counter() - t0
     assert found.clamped and not found.truncated and elapsed < 1.0
     assert abs((found.since - (datetime.now(UTC) - timedelta(hours=2))).total_seconds()) < 60
-    assert 590 <= len(found.payloads) <= 601  # the rows written within the 2 hours, each of its own series
+    assert 590 <= len(found.payloads) <= 601  # the series last written within the 2 hours
     newest = found.payloads[-1]
     assert newest == {"provider": "demo", "symbol": "S1999", "interval": "5min", "ts": "2024-01-01T08:15:00Z", "open": "1",
                       "high": "1", "low": "1", "close": "199999", "volume": "199999", "rows": 1}  # fmt: skip
     assert not bars_since(pg_engine, recent).clamped
+
+
+def test_a_catch_up_sends_each_series_newest_bar_and_the_rows_of_its_last_write(engine):
+    began = datetime.now(UTC) - timedelta(seconds=5)
+    loader = make_loader(engine)
+    assert loader.load(series("IBM", 3)) == 3
+    assert loader.load([*series("IBM", 3), series("IBM", 5)[4]]) == 1  # a later write of one bar, newer
+    assert loader.load(series("MSFT", 2)) == 2
+    found = bars_since(engine, began)
+    assert not found.clamped and not found.truncated
+    got = [(p["symbol"], p["ts"], p["close"], p["rows"]) for p in found.payloads]
+    close = "10.50" if engine.dialect.name == "postgresql" else "10.5"  # SQLite keeps a number
+    assert sorted(got) == [("IBM", "2024-03-11T14:04:00Z", close, 1), ("MSFT", "2024-03-11T14:01:00Z", close, 2)]
+    assert bars_since(engine, datetime.now(UTC) + timedelta(minutes=1), window=None).payloads == []
+    only = bars_since(engine, began, EventFilter(symbols=frozenset({"MSFT"}))).payloads
+    assert [(p["symbol"], p["rows"]) for p in only] == [("MSFT", 2)]
 
 
 def test_a_truncated_catch_up_keeps_the_newest_series_and_tells_the_client_to_reload(pg_engine, serve, monkeypatch):
@@ -182,7 +210,7 @@ def test_a_resume_point_older_than_the_window_is_clamped_and_the_client_told(pg_
     loader.load(series("IBM", 2))
     loader.load(series("MSFT", 2))
     with pg_engine.begin() as c:  # MSFT last written three hours ago: outside the window
-        c.exec_driver_sql("UPDATE bars SET ingested_at = now() - interval '3 hours' WHERE symbol = 'MSFT'")
+        c.exec_driver_sql("UPDATE series_last_write SET written_at = now() - interval '3 hours' WHERE symbol = 'MSFT'")
     server = serve()
     stream = Stream(server.port, "/events", headers={"Last-Event-ID": "1"})
     try:
