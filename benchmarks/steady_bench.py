@@ -189,7 +189,14 @@ def steady(sizes: list[int], workers: int, repeat: int) -> None:
     for size in sizes:
         if size:
             took = fill_other_bars(engine, size)
-            print(f"  (filled bars with {size:,} other bars in {took:.0f} s)", flush=True)
+            # the fill leaves gigabytes of dirty pages and WAL: flush them now, or the next phases measure the
+            # fill's write-back (a running poller does not just have had millions of rows inserted)
+            t = time.perf_counter()
+            with engine.connect() as c:
+                c.exec_driver_sql("CHECKPOINT")
+            os.sync()
+            flushed = time.perf_counter() - t
+            print(f"  (filled bars with {size:,} other bars in {took:.0f} s; checkpoint and sync {flushed:.0f} s)", flush=True)
         for analyzed in (False, True):
             with engine.begin() as c:
                 if analyzed:
