@@ -34,7 +34,7 @@ from etl.providers.base import provider_config
 from etl.ratelimit import SharedWindows, budget_for, parse_rates
 from etl.redact import Redactor
 from reports.coverage_status import CoverageMonitor
-from scheduler.calendar import EXCHANGES, CalendarOverrides, Calendars, canonical_code
+from scheduler.calendar import EXCHANGES, CalendarOverrides, Calendars, Session, canonical_code
 from scheduler.jobs import JOB_SESSIONS, MarketScheduler, define_job
 from scheduler.polling import PollingConfig, PollingManager
 from scheduler.streaming import DataStreamingService, pid_alive
@@ -200,7 +200,9 @@ class App:
         strategy = "continuous" if args.continuous_poll else "market_hours" if args.market_hours_poll else "adaptive"
         config = self.polling_config(args)
         if strategy != "continuous" or canonical_code(config.exchange) not in EXCHANGES:
-            self.calendars.get(config.exchange)  # an unknown exchange is bad input: fail before any work
+            cal = self.calendars.get(config.exchange)  # an unknown exchange is bad input: fail before any work
+            if strategy != "continuous":  # so are sessions the exchange does not have ("XWAR has no pre-market")
+                cal.next_window(self.clock.now(), frozenset(Session(s) for s in config.sessions))
         self.check_provider(args.provider, args.interval)
         if args.fallback_provider:
             self.check_provider(args.fallback_provider, args.interval)

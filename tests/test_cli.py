@@ -78,6 +78,7 @@ def test_partial_failure_exits_nonzero_and_names_the_symbol(tmp_path):
         (["--continous-poll", "--symbols", "IBM"], "unrecognized arguments: --continous-poll"),  # not "a mode is required"
         (["--adaptive-poll", "--symbols", "IBM", "--min-poll-interval", "5", "--max-poll-interval", "1"], "--max-poll-interval"),
         (["--continuous-poll", "--symbols", "IBM", "--shutdown-timeout", "0"], "more than 0"),
+        (["--market-hours-poll", "--exchange", "XWAR", "--sessions", "pre", "--symbols", "PKO"], "XWAR has no pre-market"),
         (["--continuous-poll", "--symbols", "IBM", "--database-url", "mysql://u@h/db"], "supports postgresql:// and sqlite"),
     ],
 )
