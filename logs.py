@@ -42,6 +42,7 @@ class JsonStderr:
         self.handler = handler
         self._pending = ""
         self._lock = threading.Lock()
+        self._inside = threading.local()  # .emitting: this thread is handing a line to the handler
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -71,12 +72,24 @@ class JsonStderr:
             self.raw.write(line + "\n")
             self.raw.flush()
             return
+        if getattr(self._inside, "emitting", False):
+            # the handler failed and logging reports it on sys.stderr, which is this: write it plainly, once;
+            # a stream that is gone (the reader of a pipe exited) is ignored, never a loop of the same failure
+            try:
+                self.raw.write(line + "\n")
+            except (OSError, ValueError):
+                pass
+            return
         level, message = logging.INFO, line
         if line.startswith("main.py: "):
             level, message = logging.ERROR, line.removeprefix("main.py: ")
             if message.startswith("warning: "):
                 level, message = logging.WARNING, message.removeprefix("warning: ")
-        self.handler.handle(logging.LogRecord(STDERR_LOGGER, level, __file__, 0, message, None, None))
+        self._inside.emitting = True
+        try:
+            self.handler.handle(logging.LogRecord(STDERR_LOGGER, level, __file__, 0, message, None, None))
+        finally:
+            self._inside.emitting = False
 
     def __getattr__(self, name: str):
         return getattr(self.raw, name)

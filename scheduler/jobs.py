@@ -286,6 +286,9 @@ class MarketScheduler:
             log.error("job %s could not run: %s", job.name, exc)
             self._record_unrunnable(job, fire_time, f"job could not run: {exc}")
             return
+        except MarketpollError as exc:  # e.g. the database, needed to build the provider's quota, is away
+            log.error("job %s could not run: %s", job.name, exc)
+            return
         try:
             budget = pipeline.provider.budget
             if budget is not None and budget.exhausted_until() is not None and pipeline.fallback is None:
@@ -348,6 +351,7 @@ class MarketScheduler:
             self._loaded.pop(name, None)
             try:
                 trigger = self.trigger_for(job)  # an unknown exchange fails here
+                self._loaded[name] = job  # before add_job: a fire due at once must find its job
                 if not job.paused:
                     grace = max(5, int(job.interval_minutes * 30))  # half the interval, in seconds
                     aps_job = self._scheduler.add_job(
@@ -355,11 +359,11 @@ class MarketScheduler:
                         misfire_grace_time=grace, coalesce=True, max_instances=1, replace_existing=True,
                     )  # fmt: skip
             except (MarketpollError, ValueError, OverflowError) as exc:
+                self._loaded.pop(name, None)
                 self._unschedule(name)
                 self._reject(name, job, str(exc))
                 continue
             self._rejected.pop(name, None)
-            self._loaded[name] = job
             if job.paused:
                 log.info("job %s is paused", name)
             else:

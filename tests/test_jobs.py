@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from clock import ManualClock
 from db.jobs import JobDefinition, JobStore, check_job_name
-from errors import ConfigError, SchedulingError
+from errors import ConfigError, LoadError, SchedulingError
 from scheduler.calendar import Calendars, Session
 from scheduler.jobs import MarketScheduler, SessionTrigger
 from support import ROOT, wait_for
@@ -148,10 +148,14 @@ def test_store_put_replace_remove_and_last_run(engine):
     assert [j.name for j in store.all()] == ["daily"]
 
 
-def test_a_fire_that_cannot_build_its_provider_is_a_failed_run_on_record(engine):
-    """No key where the service runs: each fire is a failed etl_runs row saying why, not only a log line."""
+@pytest.mark.parametrize("cause", ["no key", "database away"])
+def test_a_fire_that_cannot_build_its_provider_is_a_failed_run_on_record(engine, cause, caplog):
+    """No key where the service runs: each fire is a failed etl_runs row saying why, not only a log line.
+    The database away while the provider is built (its quota store): one error line, the scheduler goes on."""
 
     def no_key(_provider, _fallback=None):
+        if cause == "database away":
+            raise LoadError("database unavailable (building the quota store)", transient=True)
         raise ConfigError("ALPHA_VANTAGE_API_KEY is not set", name="ALPHA_VANTAGE_API_KEY")
 
     sched = MarketScheduler(JobStore(engine), pipeline_for=no_key, calendars=CALS, clock=ManualClock(utc("2024-03-11T15:00:00Z")))
@@ -167,6 +171,9 @@ def test_a_fire_that_cannot_build_its_provider_is_a_failed_run_on_record(engine)
         runner.join(timeout=10)
     with engine.connect() as conn:
         runs = [tuple(r) for r in conn.execute(sa.text("SELECT job_name, provider, status, error_summary FROM etl_runs"))]
+    if cause == "database away":
+        assert runs == [] and "job avjob could not run: database unavailable" in caplog.text
+        return
     assert runs == [("avjob", "alphavantage", "failed", "job could not run: ALPHA_VANTAGE_API_KEY is not set")]
     assert [j["last_run_status"] for j in sched.get_scheduled_jobs()] == ["failed"]
 

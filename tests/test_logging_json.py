@@ -14,6 +14,8 @@ import textwrap
 import threading
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -166,3 +168,26 @@ def test_a_thread_crash_in_text_mode_is_logged_redacted(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "s3cret-value" not in r.stderr
     assert "CRITICAL marketpoll: uncaught exception in thread worker-2" in r.stderr and "RuntimeError" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_log_call_survives_a_stderr_that_is_gone(tmp_path, fmt):
+    """The reader of stderr exited (`... 2>&1 | head`, a lost journal stream): logging must not raise into
+    the caller (in JSON mode its error report used to come back through the wrapper: RecursionError)."""
+    code = textwrap.dedent(f"""
+        import logging, os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        r, w = os.pipe()
+        os.close(r)
+        sys.stderr = os.fdopen(w, "w", buffering=1)
+        import logs
+        from etl.redact import Redactor
+        logs.configure_logging("INFO", Redactor(), {fmt!r})
+        for _ in range(3):
+            logging.getLogger("x").warning("hello")
+        print("survived", flush=True)
+        os._exit(0)  # not Python's exit: flushing the dead stderr at shutdown would make it 120
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "survived", (r.stdout[-500:], r.stderr[-2000:])
