@@ -83,6 +83,11 @@ def claim_statement(dialect: str, values: dict) -> sa.Insert:
     return insert(etl_runs).values(**values).on_conflict_do_nothing().returning(etl_runs.c.id)
 
 
+def _aware(ts: datetime) -> datetime:
+    """``ts`` as read back: SQLite keeps naive UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
 class RunLedger:
     """Writes cycles to ``etl_runs``. ``redact`` cleans error text before it is stored. Thread-safe."""
 
@@ -194,20 +199,21 @@ class RunLedger:
 
     # -- start-up -------------------------------------------------------------------------
 
-    def mark_abandoned(self, now: datetime, *, alive: Callable[[int], bool], own_pid: int | None = None) -> int:
+    def mark_abandoned(self, now: datetime, *, alive: Callable[[int, datetime], bool], own_pid: int | None = None) -> int:
         """Mark ``abandoned`` the ``running`` rows of this host whose process is gone; returns how many.
 
-        ``alive(pid)`` says whether a pid runs; a row of ``own_pid`` (this process, before its first
-        cycle: the pid was reused after a restart) is gone too. Rows of other hosts, and rows
-        written before the ``host`` column existed, are left alone.
+        ``alive(pid, started_at)`` says whether the process that wrote a row (pid, the row's UTC start) still
+        runs: a pid now held by a process started later was reused (see ``scheduler.streaming.pid_alive``).
+        A row of ``own_pid`` (this process, before its first cycle: the pid was reused after a restart) is
+        gone too. Rows of other hosts, and rows written before the ``host`` column existed, are left alone.
         """
         own_pid = os.getpid() if own_pid is None else own_pid
         c = etl_runs.c
         with translate_db_errors("reading etl_runs"), self.engine.connect() as conn:
-            rows = conn.execute(sa.select(c.id, c.pid).where(c.status == "running", c.host == HOST,
+            rows = conn.execute(sa.select(c.id, c.pid, c.started_at).where(c.status == "running", c.host == HOST,
                                                              # a cluster's cycle lives on in its chunks, on other nodes
                                                              c.id.not_in(sa.select(cluster_chunks.c.run_id)))).all()  # fmt: skip
-        dead = [rid for rid, pid in rows if pid is None or pid == own_pid or not alive(pid)]
+        dead = [rid for rid, pid, started in rows if pid is None or pid == own_pid or not alive(pid, _aware(started))]
         if not dead:
             return 0
         note = f"abandoned: its process on {HOST} died mid-cycle (kill -9, crash or power loss); counts are what had committed"

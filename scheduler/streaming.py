@@ -31,8 +31,30 @@ __all__ = ["DataStreamingService", "read_state", "pid_alive"]
 log = logging.getLogger(__name__)
 
 
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs; an exited process not yet reaped (a zombie) counts as gone."""
+#: A process that started this long after a row's ``started_at`` cannot have written it (the two clocks
+#: are the kernel's boot-relative ticks and the database's wall clock: a whole second of slack each way).
+_PID_REUSE_SLACK_SECONDS = 2.0
+
+
+def _process_start(pid: int, stat: str) -> float | None:
+    """Process ``pid``'s start, Unix seconds, from its ``/proc/<pid>/stat`` text (field 22: clock ticks since boot)."""
+    try:
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+
+
+def pid_alive(pid: int, started_before: datetime | None = None) -> bool:
+    """True while process ``pid`` runs; an exited process not yet reaped (a zombie) counts as gone.
+
+    ``started_before`` (aware): also False when the process now holding ``pid`` started after that instant
+    (more than :data:`_PID_REUSE_SLACK_SECONDS` after): the pid was reused, by a process or a thread, after
+    the one that wrote a row died. PIDs wrap at ``/proc/sys/kernel/pid_max`` (often 32768) and threads use
+    them too, so a busy host or a reboot reuses them soon.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,9 +63,19 @@ def pid_alive(pid: int) -> bool:
         return True  # alive, owned by someone else
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+            stat = f.read()
+    except OSError:
         return True
+    try:
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except IndexError:
+        return True
+    if started_before is not None:
+        start = _process_start(pid, stat)
+        if start is not None and start > started_before.timestamp() + _PID_REUSE_SLACK_SECONDS:
+            return False
+    return True
 
 
 def read_state(path: Path) -> dict | None:

@@ -106,7 +106,7 @@ def test_running_rows_of_live_processes_and_other_hosts_are_left_alone(pg_engine
         for host, pid in ((HOST, os.getpid()), (HOST, 999_999_999), ("elsewhere", 999_999_999), (None, 999_999_999)):
             c.exec_driver_sql("INSERT INTO etl_runs (job_name, provider, started_at, status, host, pid) "
                               "VALUES ('j', 'p', now(), 'running', %s, %s)", (host, pid))  # fmt: skip
-    marked = ledger.mark_abandoned(NOW, alive=lambda pid: pid == os.getpid(), own_pid=12345)
+    marked = ledger.mark_abandoned(NOW, alive=lambda pid, _started: pid == os.getpid(), own_pid=12345)
     assert marked == 1
     assert rows(pg_engine, "SELECT host, pid, status FROM etl_runs ORDER BY id") == [
         (HOST, os.getpid(), "running"),  # alive on this host
@@ -114,6 +114,27 @@ def test_running_rows_of_live_processes_and_other_hosts_are_left_alone(pg_engine
         ("elsewhere", 999_999_999, "running"),  # another host: not ours to judge
         (None, 999_999_999, "running"),  # written before hosts were recorded
     ]
+
+
+def test_a_pid_reused_by_a_younger_process_does_not_keep_a_dead_row_running(pg_engine):
+    """PIDs wrap (and threads take them too): the process holding a dead row's pid now started after that
+    row did, so it cannot be its writer."""
+    from scheduler.streaming import pid_alive
+
+    younger = subprocess.Popen(["sleep", "30"])
+    try:
+        with pg_engine.begin() as c:
+            for pid, started in ((younger.pid, "now() - interval '1 hour'"), (os.getpid(), "now()")):
+                c.exec_driver_sql("INSERT INTO etl_runs (job_name, provider, started_at, status, host, pid) "
+                                  f"VALUES ('j', 'p', {started}, 'running', %s, %s)", (HOST, pid))  # fmt: skip
+        assert RunLedger(pg_engine).mark_abandoned(NOW, alive=pid_alive, own_pid=12345) == 1
+        assert rows(pg_engine, "SELECT pid, status FROM etl_runs ORDER BY id") == [
+            (younger.pid, "abandoned"),  # its pid is held by a process an hour younger than the row
+            (os.getpid(), "running"),  # this test's process wrote it: alive, and older than the row
+        ]
+    finally:
+        younger.kill()
+        younger.wait()
 
 
 # -- the database goes away ----------------------------------------------------------------------
