@@ -96,7 +96,7 @@ def test_a_killed_cycle_row_counts_exactly_what_committed_and_is_marked_abandone
     again = subprocess.run(cmd[: -len(symbols)] + ["S0"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     status, summary = rows(pg_engine, f"SELECT status, error_summary FROM etl_runs WHERE id = {run_id}")[0]
-    assert status == "abandoned" and "died mid-cycle" in summary
+    assert status == "abandoned" and "died mid-cycle" in summary, (status, summary, again.stderr[-3000:])
     assert "marked 1 etl_runs row(s) left 'running' by dead processes as abandoned" in again.stderr
 
 
