@@ -99,8 +99,8 @@ def _clean(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.exec_driver_sql("TRUNCATE bars, series_last_write, etl_runs, scheduled_jobs, api_quota, rejected_bars, "
-                                 "corporate_actions, series_preference, backfill_chunks, no_data_ranges, coverage "
-                                 "RESTART IDENTITY")  # fmt: skip
+                                 "corporate_actions, series_preference, backfill_chunks, no_data_ranges, coverage, "
+                                 "cluster_chunks, cluster_nodes RESTART IDENTITY")  # fmt: skip
         else:
             conn.exec_driver_sql("DELETE FROM bars")
             conn.exec_driver_sql("DELETE FROM series_last_write")
@@ -110,7 +110,8 @@ def _clean(engine: sa.Engine) -> None:
             conn.exec_driver_sql("DELETE FROM rejected_bars")
             conn.exec_driver_sql("DELETE FROM corporate_actions")
             conn.exec_driver_sql("DELETE FROM series_preference")
-            for table in ("backfill_chunks", "no_data_ranges", "coverage"):
+            # cluster_chunks too: etl_runs ids restart, and a chunk left by an earlier test would claim run 1
+            for table in ("backfill_chunks", "no_data_ranges", "coverage", "cluster_chunks", "cluster_nodes"):
                 conn.exec_driver_sql(f"DELETE FROM {table}")  # noqa: S608 - fixed names
 
 
