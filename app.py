@@ -514,7 +514,7 @@ class App:
         runner = self._history_runner(args, "fill_gaps", coverage)
         symbols = list(dict.fromkeys(args.symbols))
         ranges = coverage.missing_ranges(args.provider, symbols, args.interval, args.start, _last_date(args),
-                                         exchange=args.exchange, sessions=tuple(args.sessions))  # fmt: skip
+                                         exchange=args.exchange, sessions=tuple(args.sessions), recount=args.recount)  # fmt: skip
         plan = runner.plan_ranges(ranges, args.interval)
         header = {"mode": "fill_gaps", "provider": args.provider, "interval": args.interval, "symbols": symbols,
                   "start": args.start.isoformat(), "end": args.end.isoformat(), "exchange": args.exchange,
@@ -528,7 +528,7 @@ class App:
         ledger = self._coverage_ledger(required=True)
         symbols = list(dict.fromkeys(args.symbols))
         rows = ledger.compute(args.provider, symbols, args.interval, args.start, _last_date(args), exchange=args.exchange,
-                              sessions=tuple(args.sessions))  # fmt: skip
+                              sessions=tuple(args.sessions), recount=args.recount)  # fmt: skip
         if (args.format or "table") == "json":
             print(json.dumps([r.as_dict() for r in rows], indent=2, default=_iso))
         else:

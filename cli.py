@@ -387,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--refetch", action="store_true", help="--backfill: fetch again the chunks already loaded (default: skip them)"
     )
     hist.add_argument(
+        "--recount", action="store_true",
+        help="--coverage, --fill-gaps: count again the days found complete before (bars deleted by hand since); "
+        "by default a complete day is not read again",
+    )  # fmt: skip
+    hist.add_argument(
         "--format", choices=("table", "json"), default=None, help="--coverage: the report's format (default: table)"
     )
     hist.add_argument(
@@ -551,6 +556,8 @@ def _check_history(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(f"argument --{name}: only with --backfill, --fill-gaps or --coverage")
     if args.refetch and not args.backfill:
         parser.error("argument --refetch: only with --backfill")
+    if args.recount and not (args.coverage or args.fill_gaps):
+        parser.error("argument --recount: only with --coverage or --fill-gaps")
     for name, value in (("format", args.format), ("coverage-plot", args.coverage_plot)):
         if value is not None and not args.coverage:
             parser.error(f"argument --{name}: only with --coverage")

@@ -40,7 +40,7 @@ took 24-38 s on this project's shared 2-core machine (benchmarks/coverage_bench.
 
 1. A row with nothing missing at its last check, and the same number of bars expected now, is
    *settled*: marketpoll never deletes bars, so it is not counted again and keeps its
-   ``checked_at`` (delete its ``coverage`` row to force a recount). A warm ledger counts only the
+   ``checked_at`` (bars deleted by hand: ``--recount`` counts every day again). A warm ledger counts only the
    days still incomplete (today's, the holes), so its cost follows the incomplete days, not history.
 2. Those are counted with one statement per :data:`PAIRS_PER_STATEMENT` (symbol, date) pairs,
    :data:`PARALLEL_STATEMENTS` at a time on their own connections: per pair, one range scan of the
@@ -402,15 +402,16 @@ class CoverageLedger:
     # -- public --------------------------------------------------------------------------------
 
     def compute(self, provider: str, symbols: Sequence[str], interval: str, start: date, end: date, *,
-                exchange: str, sessions: frozenset[Session]) -> list[CoverageRow]:  # fmt: skip
+                exchange: str, sessions: frozenset[Session], recount: bool = False) -> list[CoverageRow]:  # fmt: skip
         """Check each of ``symbols`` on each session date in ``[start, end]``; upsert and return the rows.
 
         Rows are ordered by symbol, then date; session dates with no ended bar yet (future) have none.
+        ``recount``: count settled days again too (bars deleted by hand since their last check).
         Raises :class:`~errors.ConfigError` for an unknown exchange or interval or no session.
         """
         now = self.clock.now()
         plan = self._plan(provider, symbols, interval, start, end, exchange, sessions, now)
-        stored = self._stored(plan)
+        stored = {} if recount else self._stored(plan)
         counts = self._measure(plan, stored, want_missing=False)
         rows, fresh = [], []
         expected = plan.expected()  # per session date, once for every series
@@ -430,15 +431,17 @@ class CoverageLedger:
         return rows
 
     def missing_ranges(self, provider: str, symbols: Sequence[str], interval: str, start: date, end: date, *,
-                       exchange: str, sessions: frozenset[Session]) -> list[tuple[str, datetime, datetime]]:  # fmt: skip
+                       exchange: str, sessions: frozenset[Session],
+                       recount: bool = False) -> list[tuple[str, datetime, datetime]]:  # fmt: skip
         """Runs of missing expected bars: ``(symbol, start, end)``, UTC, ``end`` exclusive (last bar start + interval).
 
         A run is bars consecutive among the *expected* ones, so it spans closed hours (nights,
         weekends, holidays) when the bars on both sides are missing: one fetch covers it. Loaded and
         no-data bars end a run. Ordered by symbol, then start. Reads only; the ledger is not written.
+        ``recount``: settled days are read again too (see :meth:`compute`).
         """
         plan = self._plan(provider, symbols, interval, start, end, exchange, sessions, self.clock.now())
-        counts = self._measure(plan, self._stored(plan), want_missing=True)
+        counts = self._measure(plan, {} if recount else self._stored(plan), want_missing=True)
         step = _step(interval)
         return [
             (symbol, first, last + step)

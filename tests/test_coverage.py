@@ -320,11 +320,17 @@ def test_recompute_updates_rows_and_settled_rows_stay(engine, ledger, xnys, cloc
     clock.advance(3600)
     (third,) = compute(ledger, start=date(2024, 3, 12), end=date(2024, 3, 12))
     assert third == second
-    # ... unless its ledger row is deleted
-    with engine.begin() as conn:
-        conn.execute(sa.delete(tables.coverage))
-    (fourth,) = compute(ledger, start=date(2024, 3, 12), end=date(2024, 3, 12))
+    # ... unless asked to recount (--recount: bars deleted by hand), which finds the hole and fill-gaps its range
+    ranges = ledger.missing_ranges("demo", ["IBM"], "5min", date(2024, 3, 12), date(2024, 3, 12), exchange="XNYS",
+                                   sessions=REGULAR)  # fmt: skip
+    assert ranges == []  # settled: not read
+    ranges = ledger.missing_ranges("demo", ["IBM"], "5min", date(2024, 3, 12), date(2024, 3, 12), exchange="XNYS",
+                                   sessions=REGULAR, recount=True)  # fmt: skip
+    assert ranges == [("IBM", starts[5], starts[5] + timedelta(minutes=5))]
+    (fourth,) = ledger.compute("demo", ["IBM"], "5min", date(2024, 3, 12), date(2024, 3, 12), exchange="XNYS",
+                               sessions=REGULAR, recount=True)  # fmt: skip
     assert (fourth.loaded, fourth.first_missing, fourth.checked_at) == (77, starts[5], AFTER + timedelta(hours=2))
+    assert compute(ledger, start=date(2024, 3, 12), end=date(2024, 3, 12)) == [fourth]  # no longer settled: counted
 
 
 def test_sessions_are_part_of_the_key(engine, ledger, xnys):
