@@ -13,6 +13,7 @@ x 250 dates.
 
 from __future__ import annotations
 
+import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -110,9 +111,11 @@ def plot_coverage(rows: list[CoverageRow], path: str | Path, *, title: str = "")
         title = f"Coverage of {providers}, {columns[0]} to {columns[-1]}"
     share = f"{100 * (expected - missing) / expected:.1f}%" if expected else "-"
     n_dates = len({r.session_date for r in rows})
-    ax.set_title(f"{title}\n{len(series)} series x {n_dates} session dates: {expected - missing:,} of {expected:,} expected bars "
-                 f"accounted for ({share}), {missing:,} missing; blank = closed or not checked", fontsize=10)  # fmt: skip
-    fig.savefig(path, format="png")
+    subtitle = (f"{len(series)} series x {n_dates} session dates: {expected - missing:,} of {expected:,} expected bars "
+                f"accounted for ({share}), {missing:,} missing; blank = closed or not checked")  # fmt: skip
+    columns_of_text = max(40, int(width * 100 / 6.5))  # characters of 10-point text that fit the figure's width
+    ax.set_title("\n".join([*textwrap.wrap(title, columns_of_text), *textwrap.wrap(subtitle, columns_of_text)]), fontsize=10)
+    fig.savefig(path, format="png", bbox_inches="tight")  # a narrow figure keeps its title and colour-bar label
     return path
 
 
