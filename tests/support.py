@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
+import socket
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -100,3 +103,55 @@ def wait_for(pred: Callable[[], object], what: str | Callable[[], str] = "a cond
             return got
         time.sleep(step)
     raise AssertionError(f"not within {timeout:g} s: {what() if callable(what) else what}")
+
+
+class SseClient:
+    """A streaming ``GET /events`` client on its own thread (HTTP/1.0 over a plain socket, so ``close`` cuts it at
+    once): parsed events (``event``, default ``message``; ``id``; ``data`` as JSON) land in ``events``; ``status``
+    is the HTTP status; ``ended`` is set when the server closes the stream."""
+
+    def __init__(self, port: int, target: str, headers: dict[str, str] | None = None) -> None:
+        self.events: queue.Queue[dict] = queue.Queue()
+        self.opened, self.ended = threading.Event(), threading.Event()
+        self.status: int | None = None
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        lines = [f"GET {target} HTTP/1.0", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self._sock.settimeout(None)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10), "the event stream did not open"
+
+    def _read(self) -> None:
+        try:
+            stream = self._sock.makefile("rb")
+            self.status = int(stream.readline().split()[1])
+            while stream.readline().strip():
+                pass  # the headers
+            self.opened.set()
+            fields: dict = {}
+            for raw in stream:
+                line = raw.decode().rstrip("\r\n")
+                if not line:
+                    if "data" in fields:
+                        self.events.put({"event": "message", **fields, "data": json.loads(fields["data"])})
+                    fields = {}
+                elif not line.startswith(":"):
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+        except (OSError, ValueError, IndexError):  # closed by the test
+            pass
+        finally:
+            self.opened.set()
+            self.ended.set()
+
+    def next(self, timeout: float = 10.0) -> dict:
+        return self.events.get(timeout=timeout)
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._thread.join(timeout=5)

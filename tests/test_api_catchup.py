@@ -4,7 +4,6 @@ HTTP and PostgreSQL: indexed and bounded, the newest series kept, a gap never sk
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from clock import SystemClock
 from errors import LoadError
 from etl.load import PostgresBarLoader, make_loader
 from models.bar import Bar
+from support import SseClient, wait_for
 
 T0 = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
 
@@ -35,57 +35,6 @@ def iso(at: datetime) -> str:
 
 def us(at: datetime) -> int:
     return (at - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-class Stream:
-    """``GET /events`` over a plain socket (HTTP/1.0): parsed events (``event``, ``id``, ``data``) land in
-    ``events``; ``ended`` is set when the server closes the stream."""
-
-    def __init__(self, port: int, target: str, headers: dict[str, str] | None = None) -> None:
-        self.events: queue.Queue[dict] = queue.Queue()
-        self.opened, self.ended = threading.Event(), threading.Event()
-        self.status: int | None = None
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        lines = [f"GET {target} HTTP/1.0", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self._sock.settimeout(None)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        assert self.opened.wait(10), "the event stream did not open"
-
-    def _read(self) -> None:
-        try:
-            stream = self._sock.makefile("rb")
-            self.status = int(stream.readline().split()[1])
-            while stream.readline().strip():
-                pass  # the headers
-            self.opened.set()
-            fields: dict = {}
-            for raw in stream:
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if "data" in fields:
-                        self.events.put({"event": "message", **fields, "data": json.loads(fields["data"])})
-                    fields = {}
-                elif not line.startswith(":"):
-                    name, _, value = line.partition(":")
-                    fields[name] = value.removeprefix(" ")
-        except (OSError, ValueError, IndexError):  # closed by the test
-            pass
-        finally:
-            self.opened.set()
-            self.ended.set()
-
-    def next(self, timeout: float = 10.0) -> dict:
-        return self.events.get(timeout=timeout)
-
-    def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        self._thread.join(timeout=5)
 
 
 def http(port: int, target: str, headers: dict[str, bytes] | None = None) -> tuple[int, bytes]:
@@ -114,15 +63,6 @@ def serve(pg_engine):
     yield start
     for s in servers:
         s.close()
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_the_catch_up_reads_the_series_table_and_bars_only_through_the_primary_key(pg_engine):
@@ -190,7 +130,7 @@ def test_a_truncated_catch_up_keeps_the_newest_series_and_tells_the_client_to_re
         loader.load(series(symbol, 2))
     server = serve()  # started after: the hub's replay buffer does not cover the resume point
     cursor = server.hub.last_id
-    stream = Stream(server.port, f"/events?since={iso(began)}")
+    stream = SseClient(server.port, f"/events?since={iso(began)}")
     try:
         assert stream.status == 200
         got = [stream.next() for _ in range(4)]
@@ -212,7 +152,7 @@ def test_a_resume_point_older_than_the_window_is_clamped_and_the_client_told(pg_
     with pg_engine.begin() as c:  # MSFT last written three hours ago: outside the window
         c.exec_driver_sql("UPDATE series_last_write SET written_at = now() - interval '3 hours' WHERE symbol = 'MSFT'")
     server = serve()
-    stream = Stream(server.port, "/events", headers={"Last-Event-ID": "1"})
+    stream = SseClient(server.port, "/events", headers={"Last-Event-ID": "1"})
     try:
         assert stream.status == 200
         first, second = stream.next(), stream.next()
@@ -238,7 +178,7 @@ def test_a_failed_catch_up_ends_the_stream_before_sending_anything_and_the_retry
     PostgresBarLoader(pg_engine).load(series("IBM", 2))
     server = serve()
     resume = {"Last-Event-ID": str(us(began))}
-    stream = Stream(server.port, "/events", headers=resume)
+    stream = SseClient(server.port, "/events", headers=resume)
     try:
         assert stream.status == 200
         server.hub.publish({"provider": "demo", "symbol": "MSFT", "interval": "1min", "ts": "2024-03-11T15:00:00Z", "rows": 1})
@@ -246,7 +186,7 @@ def test_a_failed_catch_up_ends_the_stream_before_sending_anything_and_the_retry
         assert stream.events.empty()  # nothing sent: the browser retries with the same Last-Event-ID
     finally:
         stream.close()
-    retry = Stream(server.port, "/events", headers=resume)
+    retry = SseClient(server.port, "/events", headers=resume)
     try:
         got = retry.next()
         assert (got["event"], got["data"]["symbol"], got["data"]["rows"]) == ("bar", "IBM", 2)
@@ -275,10 +215,10 @@ def test_table_catch_ups_run_at_most_catchups_max_at_once_the_others_wait(pg_eng
     began = datetime.now(UTC)
     PostgresBarLoader(pg_engine).load(series("IBM", 2))
     server = serve()
-    streams = [Stream(server.port, "/events", headers={"Last-Event-ID": str(us(began))}) for _ in range(5)]
+    streams = [SseClient(server.port, "/events", headers={"Last-Event-ID": str(us(began))}) for _ in range(5)]
     try:
         gate = lambda: getattr(server.app.state, "catch_up_gate", None)  # noqa: E731
-        assert _wait(lambda: gate() is not None and gate().running == 2 and gate().waiting == 3), "not gated"
+        wait_for(lambda: gate() is not None and gate().running == 2 and gate().waiting == 3, "not gated", 10, step=0.02)
         assert running[0] == 2
         base = server.hub.stats()["subscribers"] - 5  # the WebSocket rooms' feed
         release.set()
@@ -289,14 +229,14 @@ def test_table_catch_ups_run_at_most_catchups_max_at_once_the_others_wait(pg_eng
         release.clear()
         for s in streams:
             s.close()
-        streams = [Stream(server.port, "/events", headers={"Last-Event-ID": str(us(began))}) for _ in range(2)]
-        assert _wait(lambda: gate().running == 2 and running[0] == 2)
+        streams = [SseClient(server.port, "/events", headers={"Last-Event-ID": str(us(began))}) for _ in range(2)]
+        wait_for(lambda: gate().running == 2 and running[0] == 2, "gate().running == 2 and running[0] == 2", 10, step=0.02)
         for s in streams:
             s.close()
-        assert _wait(lambda: server.hub.stats()["subscribers"] == base)  # both streams ended, their reads still running
+        wait_for(lambda: server.hub.stats()["subscribers"] == base, "both streams ended, reads running", 10, step=0.02)
         assert gate().running == 2
-        streams = [Stream(server.port, "/events", headers={"Last-Event-ID": str(us(began))})]
-        assert _wait(lambda: gate().waiting == 1)
+        streams = [SseClient(server.port, "/events", headers={"Last-Event-ID": str(us(began))})]
+        wait_for(lambda: gate().waiting == 1, "gate().waiting == 1", 10, step=0.02)
         release.set()
         assert streams[0].next()["data"]["symbol"] == "IBM" and peak[0] == 2
     finally:
@@ -326,7 +266,7 @@ def test_malformed_out_of_range_or_future_resume_points_are_a_one_line_400(pg_en
         assert status == 400, (headers, query, status, body)
         assert body.count(b"\n") == 0 and set(json.loads(body)) == {"error"}, body
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-    ok = Stream(server.port, f"/events?since={iso(datetime.now(UTC) - timedelta(seconds=5))}")
+    ok = SseClient(server.port, f"/events?since={iso(datetime.now(UTC) - timedelta(seconds=5))}")
     try:
         assert ok.status == 200
     finally:

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -25,62 +24,16 @@ from etl.load import make_loader
 from etl.pipeline import EtlPipeline
 from etl.providers.demo import DemoProvider
 from etl.redact import Redactor
-from support import ROOT
+from support import ROOT, SseClient
 
 NOW = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)  # Monday 10:00 New York: the demo serves equities
 MAIN = [sys.executable, str(ROOT / "main.py")]
 
 
-class Sse:
-    """A streaming ``GET /events`` client on its own thread (HTTP/1.0 over a plain socket, so ``close`` cuts
-    it at once): parsed events land in ``events``."""
-
-    def __init__(self, url: str, headers: dict | None = None) -> None:
-        self.events: queue.Queue[dict] = queue.Queue()
-        self.opened = threading.Event()
-        self.status: int | None = None
-        u = httpx.URL(url)
-        self._sock = socket.create_connection((u.host, u.port), timeout=10)
-        target = u.raw_path.decode()
-        lines = [f"GET {target} HTTP/1.0", f"Host: {u.host}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self._sock.settimeout(None)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        assert self.opened.wait(10), "the event stream did not open"
-
-    def _read(self) -> None:
-        try:
-            stream = self._sock.makefile("rb")
-            self.status = int(stream.readline().split()[1])
-            while stream.readline().strip():
-                pass  # the headers
-            self.opened.set()
-            fields: dict = {}
-            for raw in stream:
-                line = raw.decode().rstrip("\r\n")
-                if not line:
-                    if "data" in fields:
-                        self.events.put({**fields, "data": json.loads(fields["data"])})
-                    fields = {}
-                elif not line.startswith(":"):
-                    name, _, value = line.partition(":")
-                    fields[name] = value.removeprefix(" ")
-        except (OSError, ValueError, IndexError):  # closed by the test
-            pass
-        finally:
-            self.opened.set()
-
-    def next(self, timeout: float = 10.0) -> dict:
-        return self.events.get(timeout=timeout)
-
-    def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        self._thread.join(timeout=5)
+def sse_at(url: str, headers: dict | None = None) -> SseClient:
+    """:class:`support.SseClient` on ``url`` (``http://127.0.0.1:PORT/events?...``)."""
+    u = httpx.URL(url)
+    return SseClient(u.port, u.raw_path.decode(), headers)
 
 
 def recv(ws, timeout: float = 10.0) -> dict:
@@ -108,7 +61,7 @@ def test_bars_of_a_cycle_reach_sse_and_websocket_clients_live_and_on_resume(pg_e
         base = f"http://127.0.0.1:{api.port}"
         sse = ws = None
         try:
-            sse = Sse(f"{base}/events?symbols=IBM&interval=5min")
+            sse = sse_at(f"{base}/events?symbols=IBM&interval=5min")
             assert sse.status == 200
             ws = ws_connect(f"ws://127.0.0.1:{api.port}/ws")
             ws.send(json.dumps({"type": "join_room", "room": "IBM"}))
@@ -157,7 +110,7 @@ def test_bars_of_a_cycle_reach_sse_and_websocket_clients_live_and_on_resume(pg_e
             clock.advance(300)
             pipe.run_cycle(["IBM", "MSFT"], "5min", job_name="live")
             assert recv(ws)["type"] == "bar"
-            sse = Sse(f"{base}/events?symbols=IBM", headers={"Last-Event-ID": event["id"]})
+            sse = sse_at(f"{base}/events?symbols=IBM", headers={"Last-Event-ID": event["id"]})
             missed = sse.next()
             assert missed["data"]["ts"] == newest(pg_engine, "IBM")["ts"] and int(missed["id"]) > int(event["id"])
         finally:
@@ -178,7 +131,7 @@ def test_sqlite_loads_go_through_the_in_process_bus_and_since_catches_up_from_th
     base = f"http://127.0.0.1:{api.port}"
     streams = []
     try:
-        live = Sse(f"{base}/events")
+        live = sse_at(f"{base}/events")
         streams.append(live)
         with DemoProvider(clock=clock) as provider:
             pipe = EtlPipeline(provider, make_loader(sqlite_engine), RunLedger(sqlite_engine, redactor), clock=clock,
@@ -188,7 +141,7 @@ def test_sqlite_loads_go_through_the_in_process_bus_and_since_catches_up_from_th
         got = {e["data"]["symbol"]: e["data"] for e in events}
         assert set(got) == {"IBM", "MSFT"} and got["IBM"]["rows"] == 100 and got["IBM"]["ts"].endswith("Z")
         # a client from before this server started: caught up from the bars table
-        late = Sse(f"{base}/events?symbols=MSFT&since={(started - timedelta(minutes=5)):%Y-%m-%dT%H:%M:%SZ}")
+        late = sse_at(f"{base}/events?symbols=MSFT&since={(started - timedelta(minutes=5)):%Y-%m-%dT%H:%M:%SZ}")
         streams.append(late)
         assert late.status == 200
         caught = late.next()
@@ -257,7 +210,7 @@ def test_api_port_in_continuous_poll_and_a_busy_port(tmp_path, sqlite_url):
                                                       "last_cycle_status": polling["last_cycle"]["status"]}  # fmt: skip
         assert httpx.post(f"{base}/jobs/x/pause").status_code == 404  # no named jobs here
         # BTC-USD trades around the clock: its bars are in the table whatever the day; a stream from before catches up
-        sse = Sse(f"{base}/events?symbols=BTC-USD&since={launched:%Y-%m-%dT%H:%M:%SZ}")
+        sse = sse_at(f"{base}/events?symbols=BTC-USD&since={launched:%Y-%m-%dT%H:%M:%SZ}")
         try:
             event = sse.next()
             assert event["data"]["symbol"] == "BTC-USD" and event["data"]["interval"] == "1min"

@@ -31,8 +31,8 @@ from etl.providers.demo import DemoMarket
 from scheduler.calendar import Calendars, Session
 from scheduler.cluster import cluster_status
 from scheduler.jobs import define_job
+from support import ROOT, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 SECONDS = float(os.environ.get("MARKETPOLL_CLUSTER_TEST_SECONDS", "10"))
 SYMBOLS = [f"C{i:02d}-USD" for i in range(30)]
 JOB_EVERY_MINUTES = 2 / 60
@@ -57,16 +57,6 @@ def _schedule(engine: sa.Engine, name: str, symbols: list[str], provider: str, e
     job = define_job(Calendars(), now, name, Session.REGULAR, symbols, every_minutes, exchange="24/7", provider=provider,
                      bar_interval="1min")  # fmt: skip
     JobStore(engine).put(job, now)
-
-
-def _wait(predicate, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def _stop(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
@@ -125,7 +115,7 @@ def test_three_nodes_each_slot_once_and_a_killed_node_s_chunks_complete_elsewher
         node_of = {p: f"{os.uname().nodename}:{p.pid}" for p in procs}
         with engine.connect() as conn:
             live = lambda: conn.execute(sa.text("SELECT count(*) FROM cluster_nodes WHERE stopped_at IS NULL")).scalar() == 3  # noqa: E731
-            _wait(live, 60, "three nodes to start")
+            wait_for(live, "three nodes to start", 60, step=0.1)
         status = cluster_status(engine, stalled_after_seconds=STALLED_AFTER)
         assert {n["node"] for n in status["nodes"] if n["alive"]} == set(node_of.values())
         assert {n["role"] for n in status["nodes"]} == {"scheduler", "worker"}
@@ -138,7 +128,7 @@ def test_three_nodes_each_slot_once_and_a_killed_node_s_chunks_complete_elsewher
                 return conn.execute(sa.text("SELECT run_id, chunk_no FROM cluster_chunks WHERE status = 'doing' AND node = :n"),
                                     {"n": node_of[b]}).first()  # fmt: skip
 
-        held = _wait(victim_chunk, 20, "node b to run a chunk", step=0.02)
+        held = wait_for(victim_chunk, "node b to run a chunk", 20, step=0.02)
         b.send_signal(signal.SIGKILL)
         b.wait(5)
         killed_at = datetime.now(UTC)
@@ -148,13 +138,13 @@ def test_three_nodes_each_slot_once_and_a_killed_node_s_chunks_complete_elsewher
             done_elsewhere = lambda: conn.execute(  # noqa: E731
                 sa.text("SELECT node, attempts FROM cluster_chunks WHERE run_id = :r AND chunk_no = :c AND status = 'done'"),
                 {"r": held.run_id, "c": held.chunk_no}).first()  # fmt: skip
-            redone = _wait(done_elsewhere, 20, "the killed node's chunk to be done by another node")
+            redone = wait_for(done_elsewhere, "the killed node's chunk to be done by another node", 20, step=0.1)
             # the slots queued behind it catch up (bounded): every cycle claimed before now completes
             settled = datetime.now(UTC) - timedelta(seconds=1)
             open_runs = lambda: conn.execute(  # noqa: E731
                 sa.text("SELECT count(*) FROM etl_runs WHERE status = 'running' AND scheduled_for < :t"), {"t": settled}
             ).scalar()  # fmt: skip
-            _wait(lambda: open_runs() == 0, 30, "the cycles claimed before the kill was healed to complete")
+            wait_for(lambda: open_runs() == 0, "the cycles claimed before the kill was healed to complete", 30, step=0.1)
         t_stop = time.monotonic()
         codes = _stop([a, c], timeout=20)
         stop_seconds = time.monotonic() - t_stop
@@ -208,7 +198,7 @@ def test_two_plain_processes_run_each_slot_once(pg_engine, pg_url, tmp_path):
     procs = [_start(["--run-scheduled-jobs"], env, tmp_path / f"p{i}.log") for i in range(2)]
     try:
         with pg_engine.connect() as conn:
-            _wait(lambda: len(_slots(conn, "plain")) >= 4, 60, "four slots")
+            wait_for(lambda: len(_slots(conn, "plain")) >= 4, "four slots", 60, step=0.1)
     finally:
         codes = _stop(procs, timeout=20)
     assert codes == [0, 0]

@@ -19,6 +19,7 @@ from errors import ConfigError, LoadError
 from etl.events import BARS_CHANNEL, bar_payload
 from etl.load import PostgresBarLoader
 from models.bar import Bar
+from support import wait_for
 
 T0 = datetime(2024, 3, 11, 14, 0, tzinfo=UTC)
 
@@ -154,20 +155,20 @@ def test_listen_reconnects_after_the_backend_is_killed_and_catches_up(pg_engine,
     try:
         assert listener.connected.wait(10)
         loader.load(series("IBM", 2))
-        assert _wait(lambda: len(sub) >= 1)
+        wait_for(lambda: len(sub) >= 1, "len(sub) >= 1", 10, step=0.02)
         assert [e.payload["rows"] for e in sub.drain()] == [2]
         with pg_engine.connect() as c:
             c.exec_driver_sql("SELECT pg_terminate_backend(%s)", (listener.state["backend_pid"],))
-        assert _wait(lambda: not listener.connected.is_set())
+        wait_for(lambda: not listener.connected.is_set(), "not listener.connected.is_set()", 10, step=0.02)
         loader.load([*series("IBM", 2), bar("IBM", 2)])  # committed while nobody listens
         loader.load(series("MSFT", 3))
-        assert _wait(lambda: len(sub) >= 2, 15)
+        wait_for(lambda: len(sub) >= 2, "len(sub) >= 2", 15, step=0.02)
         got = {e.payload["symbol"]: e.payload for e in sub.drain()}
         assert got["IBM"]["ts"] == "2024-03-11T14:02:00Z" and got["MSFT"]["ts"] == "2024-03-11T14:02:00Z"
         assert got["MSFT"]["rows"] == 3 and got["MSFT"]["close"] == "10.50"
         assert listener.state["reconnects"] == 1 and listener.state["caught_up"] >= 2 and listener.state["connected"]
         loader.load(series("AAPL", 1))  # and it listens again
-        assert _wait(lambda: len(sub) >= 1)
+        wait_for(lambda: len(sub) >= 1, "len(sub) >= 1", 10, step=0.02)
         assert [e.payload["symbol"] for e in sub.drain()] == ["AAPL"]
     finally:
         listener.close()
@@ -188,14 +189,17 @@ def test_notifications_held_for_the_batch_when_the_connection_breaks_are_publish
     try:
         assert listener.connected.wait(10)
         loader.load(series("IBM", 2))
-        assert _wait(lambda: listener.state["notifications"] == 1)  # heard, held until the batch is due
+        wait_for(lambda: listener.state["notifications"] == 1, "heard, held until the batch is due", 10, step=0.02)
         assert len(sub) == 0
         _kill(pg_engine, listener)
-        assert _wait(lambda: len(sub) >= 1)  # handed over when the connection broke
+        wait_for(lambda: len(sub) >= 1, "len(sub) >= 1", 10, step=0.02)  # handed over when the connection broke
         assert [(e.payload["symbol"], e.payload["ts"], e.payload["rows"]) for e in sub.drain()] == [
             ("IBM", "2024-03-11T14:01:00Z", 2)]  # fmt: skip
         # after the reconnect the catch-up reads IBM from the table and skips it: published once, not lost
-        assert _wait(lambda: listener.state["reconnects"] == 1 and listener.connected.is_set() and listener.state["connected"])
+        wait_for(
+            lambda: listener.state["reconnects"] == 1 and listener.connected.is_set() and listener.state["connected"],
+            "one reconnect, connected again", 10, step=0.02,
+        )  # fmt: skip
         assert len(sub) == 0 and listener.state["caught_up"] == 0
     finally:
         listener.close()
@@ -223,24 +227,15 @@ def test_a_failed_catch_up_keeps_the_start_of_the_gap_and_is_retried(pg_engine, 
     try:
         assert listener.connected.wait(10)
         loader.load(series("IBM", 2))
-        assert _wait(lambda: len(sub) >= 1)
+        wait_for(lambda: len(sub) >= 1, "len(sub) >= 1", 10, step=0.02)
         sub.drain()
         _kill(pg_engine, listener)
-        assert _wait(lambda: not listener.connected.is_set())
+        wait_for(lambda: not listener.connected.is_set(), "not listener.connected.is_set()", 10, step=0.02)
         loader.load(series("MSFT", 3))  # committed while nobody listens
-        assert _wait(lambda: len(sub) >= 1)  # the second catch-up, from the same start, finds it
+        wait_for(lambda: len(sub) >= 1, "len(sub) >= 1", 10, step=0.02)  # the second catch-up, from the same start, finds it
         assert [(e.payload["symbol"], e.payload["rows"]) for e in sub.drain()] == [("MSFT", 3)]
         assert len(calls) == 2 and calls[1] == calls[0]
         assert listener.state["catch_up_failures"] == 1 and listener.state["catch_up_owed"] is False
     finally:
         listener.close()
         hub.close()
-
-
-def _wait(pred, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
