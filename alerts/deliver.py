@@ -40,15 +40,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from alerts.base import DeliveryError, DeliveryStatus, Firing, redact_webhook
 from clock import Clock, SystemClock
 from errors import ConfigError, MarketpollError
-from etl.http import (  # the GET client's end-to-end deadline, reused for the webhook POST
-    _SOCKS,
-    _WATCHDOG,
-    _DeadlineAdapter,
-    _HTTPPool,
-    _HTTPSPool,
-    _TrackedHTTPConnection,
-    _TrackedHTTPSConnection,
-)
+from etl.http import DeadlineAdapter, request_deadline  # the GET client's end-to-end deadline, for the POST
 
 __all__ = ["Deliverer", "DeliveryPolicy", "SmtpConfig", "WebhookChannel", "EmailChannel", "WEBHOOK_TIMEOUT_SECONDS"]
 
@@ -129,62 +121,11 @@ def _redact_smtp_url(url: str) -> str:
     return url
 
 
-# -- the webhook's deadline ----------------------------------------------------------------
-#
-# etl.http's watchdog shuts down, at an alarm's deadline, the socket its thread last registered (in the
-# connection's ``request``). An alarm that fires while the connection is still being opened finds no
-# socket; these connections therefore check, once registered, whether their thread's alarm has already
-# fired and cut themselves off. Either the watchdog sees the socket or the connection sees the alarm.
-
-_ALARM = threading.local()  # .alarm: the current webhook request's alarm on this thread
-
-
-def _cut_if_late(sock) -> None:
-    alarm = getattr(_ALARM, "alarm", None)
-    if sock is not None and alarm is not None and alarm.fired:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-
-
-class _WebhookHTTPConnection(_TrackedHTTPConnection):
-    def request(self, *args, **kwargs):
-        try:
-            return super().request(*args, **kwargs)
-        finally:
-            _cut_if_late(self.sock)
-
-
-class _WebhookHTTPSConnection(_TrackedHTTPSConnection):
-    def request(self, *args, **kwargs):
-        try:
-            return super().request(*args, **kwargs)
-        finally:
-            _cut_if_late(self.sock)
-
-
-class _WebhookHTTPPool(_HTTPPool):
-    ConnectionCls = _WebhookHTTPConnection
-
-
-class _WebhookHTTPSPool(_HTTPSPool):
-    ConnectionCls = _WebhookHTTPSConnection
-
-
-class _WebhookAdapter(_DeadlineAdapter):
-    """requests' adapter whose connections report to the deadline watchdog (and check a fired alarm)."""
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WebhookHTTPPool, "https": _WebhookHTTPSPool}
-
-
 def _with_deadline_adapter(session: requests.Session) -> requests.Session:
-    """``session`` with :class:`_WebhookAdapter` mounted for http and https (once: its pools are kept)."""
+    """``session`` with :class:`etl.http.DeadlineAdapter` mounted for http and https (once: its pools are kept)."""
     for prefix in ("http://", "https://"):
-        if not isinstance(session.adapters.get(prefix), _WebhookAdapter):
-            session.mount(prefix, _WebhookAdapter())
+        if not isinstance(session.adapters.get(prefix), DeadlineAdapter):
+            session.mount(prefix, DeadlineAdapter())
     return session
 
 
@@ -208,22 +149,18 @@ class WebhookChannel:
                       "value": None if firing.value is None else str(firing.value), "fired_at": firing.fired_at.isoformat()},
         }  # fmt: skip
         late = DeliveryError(f"{self.shown}: no reply within the {self.timeout_seconds:g} s deadline", transient=True)
-        me = threading.current_thread()
-        alarm = _WATCHDOG.arm(self.timeout_seconds)  # per-operation timeouts alone let a slow drip go on for ever
-        _ALARM.alarm = alarm
-        try:
-            with self.session.post(self.url, json=payload, timeout=self.timeout_seconds, allow_redirects=False, stream=True) as r:
-                status = r.status_code
-        except requests.Timeout:
-            raise late from None
-        except requests.RequestException as exc:  # str(exc) would name the URL's path: its token
-            if alarm.fired:  # the watchdog cut the socket: the deadline, not the network
+        # per-operation timeouts alone let a slow drip go on for ever: one deadline for the whole request
+        with request_deadline(self.timeout_seconds) as alarm:
+            try:
+                with self.session.post(self.url, json=payload, timeout=self.timeout_seconds, allow_redirects=False,
+                                       stream=True) as r:  # fmt: skip
+                    status = r.status_code
+            except requests.Timeout:
                 raise late from None
-            raise DeliveryError(f"{self.shown}: {type(exc).__name__} (connection failed)", transient=True) from None
-        finally:
-            _WATCHDOG.disarm(alarm)
-            _ALARM.alarm = None
-            _SOCKS.pop(me, None)
+            except requests.RequestException as exc:  # str(exc) would name the URL's path: its token
+                if alarm.fired:  # the watchdog cut the socket: the deadline, not the network
+                    raise late from None
+                raise DeliveryError(f"{self.shown}: {type(exc).__name__} (connection failed)", transient=True) from None
         if not 200 <= status < 300:
             raise DeliveryError(f"{self.shown}: HTTP {status}", transient=status in (408, 429) or status >= 500)
 

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -48,6 +49,8 @@ from etl.redact import redact_url
 
 __all__ = [
     "HttpClient",
+    "DeadlineAdapter",
+    "request_deadline",
     "Response",
     "parse_retry_after",
     "DEFAULT_TOTAL_TIMEOUT_SECONDS",
@@ -100,13 +103,32 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 _SOCKS: dict[threading.Thread, socket.socket] = {}
 
 
+#: thread -> the alarm of its current request (between :meth:`_Watchdog.arm` and ``disarm``).
+_ALARMS: dict[threading.Thread, _Alarm] = {}
+
+
+def _register(sock: socket.socket | None) -> None:
+    """Publish ``sock`` as this thread's for the watchdog; cut it at once if the thread's alarm fired while the
+    connection was still being opened (the watchdog found no socket then): either it sees the socket or the
+    connection sees the alarm."""
+    if sock is None:
+        return
+    me = threading.current_thread()
+    _SOCKS[me] = sock
+    alarm = _ALARMS.get(me)
+    if alarm is not None and alarm.fired:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+
 class _TrackedHTTPConnection(HTTPConnection):
     def request(self, *args, **kwargs):  # called for new and for reused keep-alive connections alike
         try:
             return super().request(*args, **kwargs)
         finally:
-            if self.sock is not None:
-                _SOCKS[threading.current_thread()] = self.sock
+            _register(self.sock)
 
 
 class _TrackedHTTPSConnection(HTTPSConnection):
@@ -114,8 +136,7 @@ class _TrackedHTTPSConnection(HTTPSConnection):
         try:
             return super().request(*args, **kwargs)
         finally:
-            if self.sock is not None:
-                _SOCKS[threading.current_thread()] = self.sock
+            _register(self.sock)
 
 
 class _HTTPPool(HTTPConnectionPool):
@@ -126,8 +147,9 @@ class _HTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _TrackedHTTPSConnection
 
 
-class _DeadlineAdapter(HTTPAdapter):
-    """requests' adapter with pools whose connections report themselves to the watchdog."""
+class DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with pools whose connections report themselves to the watchdog: mount it on a session
+    and send inside :func:`request_deadline` for one deadline over the whole request."""
 
     def init_poolmanager(self, *args, **kwargs) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -165,12 +187,15 @@ class _Watchdog:
             # so this is rare: a hand-off to the watchdog thread per request cost ~5 % of a poll's CPU.
             wake = not self._heap or when < self._heap[0][0]
             heapq.heappush(self._heap, (when, next(self._seq), alarm))
+            _ALARMS[alarm.thread] = alarm
             if wake:
                 self._cond.notify()
         return alarm
 
     def disarm(self, alarm: _Alarm) -> None:
         alarm.done = True  # popped lazily
+        if _ALARMS.get(alarm.thread) is alarm:
+            del _ALARMS[alarm.thread]
 
     def _run(self) -> None:
         while True:
@@ -201,6 +226,20 @@ def _shutdown_socket_of(thread: threading.Thread) -> None:
 
 
 _WATCHDOG = _Watchdog()
+
+
+@contextmanager
+def request_deadline(seconds: float) -> Iterator[_Alarm]:
+    """One deadline of ``seconds`` for the requests this thread sends inside, through a :class:`DeadlineAdapter`
+    (connecting, sending, and reading as far as the caller reads): at the deadline the watchdog shuts the
+    socket down, the blocked call raises, and the yielded alarm's ``fired`` says it was the deadline."""
+    me = threading.current_thread()
+    alarm = _WATCHDOG.arm(seconds)
+    try:
+        yield alarm
+    finally:
+        _WATCHDOG.disarm(alarm)
+        _SOCKS.pop(me, None)
 
 
 # -- the direct route ----------------------------------------------------------------------
@@ -288,7 +327,7 @@ class HttpClient:
         self.session = session or requests.Session()
         if self.session.headers.get("User-Agent", "").startswith("python-requests"):  # requests' default: some APIs refuse it
             self.session.headers["User-Agent"] = user_agent
-        adapter = _DeadlineAdapter()
+        adapter = DeadlineAdapter()
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.timeout = (connect_timeout_seconds, read_timeout_seconds)
@@ -326,7 +365,7 @@ class HttpClient:
             adapter = s.get_adapter(url)
             parts = urlsplit(url)
             route = None
-            if isinstance(adapter, _DeadlineAdapter) and not env.get("proxies") and not s.proxies and parts.hostname:
+            if isinstance(adapter, DeadlineAdapter) and not env.get("proxies") and not s.proxies and parts.hostname:
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
                 route = _Route(adapter, path, "&" if parts.query else "?", env.get("verify", s.verify),
                                env.get("cert", s.cert))  # fmt: skip
@@ -380,43 +419,41 @@ class HttpClient:
         ctx = {"provider": self.provider, "symbol": symbol}
         env = self._settings_for(url)
         t0 = time.perf_counter()
-        me = threading.current_thread()
-        alarm = _WATCHDOG.arm(self.total_timeout_seconds)
         resp = None
-        try:
+        with request_deadline(self.total_timeout_seconds) as alarm:
             try:
-                route = self._route(url, env)
-                if route is not None:
-                    resp = self._direct_get(route, url, params, headers)
-                    if resp.status_code in _REDIRECTS and "Location" in resp.headers:
-                        # requests follows redirects with all its rules (auth stripped across hosts ...):
-                        # this URL takes its path from now on, and this one request is sent again through it
-                        resp.close()
-                        resp = None
-                        self._routes[url] = None
-                if resp is None:
-                    resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout, stream=True, **env)
-                if alarm.fired:
-                    raise requests.ConnectionError("deadline")
-                status = resp.status_code
-                body = self._read_body(resp, ctx, alarm) if 200 <= status < 300 or not raise_for_status else b""
-            except requests.RequestException as exc:
-                # requests' own messages embed the full URL, API key included, so the
-                # original is not chained (``from None``): only its type and the redacted URL travel.
-                safe = redact_url(requests.Request("GET", url, params=params).prepare().url or url)
-                ms = (time.perf_counter() - t0) * 1000
-                if alarm.fired:
-                    log.debug("GET %s -> deadline of %gs exceeded after %.0f ms", safe, self.total_timeout_seconds, ms)
-                    raise HTTPError(f"{self.provider}: no complete reply within the {self.total_timeout_seconds:g}s "
-                                    f"deadline (HTTP_TOTAL_TIMEOUT_SECONDS) for {safe}", url=safe, **ctx) from None  # fmt: skip
-                kind = "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
-                log.debug("GET %s -> %s after %.0f ms", safe, kind, ms)
-                raise HTTPError(f"{self.provider}: {kind} requesting {safe}", url=safe, **ctx) from None
-        finally:
-            _WATCHDOG.disarm(alarm)
-            _SOCKS.pop(me, None)
-            if resp is not None:
-                resp.close()
+                try:
+                    route = self._route(url, env)
+                    if route is not None:
+                        resp = self._direct_get(route, url, params, headers)
+                        if resp.status_code in _REDIRECTS and "Location" in resp.headers:
+                            # requests follows redirects with all its rules (auth stripped across hosts ...):
+                            # this URL takes its path from now on, and this one request is sent again through it
+                            resp.close()
+                            resp = None
+                            self._routes[url] = None
+                    if resp is None:
+                        resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout, stream=True, **env)
+                    if alarm.fired:
+                        raise requests.ConnectionError("deadline")
+                    status = resp.status_code
+                    body = self._read_body(resp, ctx, alarm) if 200 <= status < 300 or not raise_for_status else b""
+                except requests.RequestException as exc:
+                    # requests' own messages embed the full URL, API key included, so the
+                    # original is not chained (``from None``): only its type and the redacted URL travel.
+                    safe = redact_url(requests.Request("GET", url, params=params).prepare().url or url)
+                    ms = (time.perf_counter() - t0) * 1000
+                    if alarm.fired:
+                        log.debug("GET %s -> deadline of %gs exceeded after %.0f ms", safe, self.total_timeout_seconds, ms)
+                        raise HTTPError(f"{self.provider}: no complete reply within the {self.total_timeout_seconds:g}s "
+                                        f"deadline (HTTP_TOTAL_TIMEOUT_SECONDS) for {safe}", url=safe,
+                                        **ctx) from None  # fmt: skip
+                    kind = "timeout" if isinstance(exc, requests.Timeout) else type(exc).__name__
+                    log.debug("GET %s -> %s after %.0f ms", safe, kind, ms)
+                    raise HTTPError(f"{self.provider}: {kind} requesting {safe}", url=safe, **ctx) from None
+            finally:
+                if resp is not None:
+                    resp.close()
         elapsed = time.perf_counter() - t0
         REQUEST_SECONDS.labels(self.provider).observe(elapsed)
         safe = redact_url(resp.url)
