@@ -70,29 +70,48 @@ def _admin():
     return conn
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """URL of a scratch PostgreSQL database, migrated, dropped at the end of the session."""
-    admin = _admin()
+def _create_database(admin, name: str) -> str:
+    """(Re)create the empty PostgreSQL database ``name`` through ``admin``; its URL."""
     with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}"')
-        cur.execute(f'CREATE DATABASE "{SCRATCH_DB}"')
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
     dsn = psycopg2.extensions.parse_dsn(ADMIN_URL)
-    url = sa.engine.URL.create(
+    return sa.engine.URL.create(
         "postgresql+psycopg2",
         username=dsn.get("user"),
         password=dsn.get("password"),
         host=dsn.get("host"),
         port=int(dsn["port"]) if dsn.get("port") else None,
-        database=SCRATCH_DB,
+        database=name,
     ).render_as_string(hide_password=False)
+
+
+def _drop_database(admin, name: str) -> None:
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """URL of a scratch PostgreSQL database, migrated, dropped at the end of the session."""
+    admin = _admin()
+    url = _create_database(admin, SCRATCH_DB)
     engine = make_engine(url)
     upgrade(engine)
     engine.dispose()
     yield url
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{SCRATCH_DB}" WITH (FORCE)')
-    admin.close()
+    _drop_database(admin, SCRATCH_DB)
+
+
+@pytest.fixture
+def fresh_pg():
+    """An engine on an empty PostgreSQL database (no schema: migrate it as a test needs), dropped afterwards."""
+    admin = _admin()
+    engine = make_engine(_create_database(admin, f"{SCRATCH_DB}_fresh"))
+    yield engine
+    engine.dispose()
+    _drop_database(admin, f"{SCRATCH_DB}_fresh")
 
 
 def _clean(engine: sa.Engine) -> None:

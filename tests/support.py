@@ -155,3 +155,16 @@ class SseClient:
             pass
         self._sock.close()
         self._thread.join(timeout=5)
+
+
+def migrate_to(engine, revision: str, *, down: bool = False) -> None:
+    """Upgrade (or with ``down``, downgrade) ``engine``'s schema to Alembic ``revision``, in one transaction, as
+    :func:`db.migrate.upgrade` does for ``head``: to build a database as an older marketpoll left it."""
+    from alembic import command
+
+    from db.migrate import _config
+
+    with engine.begin() as conn:
+        cfg = _config()
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)

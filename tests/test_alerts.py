@@ -33,7 +33,7 @@ from models.bar import Bar
 from models.run import RunStatus
 from scheduler.calendar import Calendars
 from settings import Settings
-from support import FIXED_NOW, ok
+from support import FIXED_NOW, migrate_to, ok
 
 KEY = "ALERTSAVKEY123"
 SECRET_PATH = "/hook/T000/B000/SECRETTOKEN42"
@@ -318,25 +318,14 @@ def test_two_processes_evaluating_one_rule_send_it_once(db, manual_clock, hook):
 
 def test_the_migration_keeps_one_open_firing_of_a_double_send(tmp_path):
     """A database that recorded the same alert twice (before 0010) upgrades: the newest stays open."""
-    from alembic import command
-
-    from db.migrate import _config
-
     eng = sa.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-
-    def migrate_to(revision: str) -> None:
-        with eng.begin() as conn:
-            cfg = _config()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-
-    migrate_to("0009")
+    migrate_to(eng, "0009")
     fired = datetime(2024, 3, 11, 15, 0, tzinfo=UTC)
     with eng.begin() as conn:
         for i in range(3):
             row = {"rule_id": 1, "rule_name": "r", "subject": "TSLA", "message": "m", "delivery_status": "delivered"}
             conn.execute(sa.insert(alert_events).values(**row, fired_at=fired + timedelta(minutes=i)))
-    migrate_to("head")
+    migrate_to(eng, "head")
     assert [r["cleared_at"] is None for r in events(eng)] == [False, False, True]
     with pytest.raises(sa.exc.IntegrityError), eng.begin() as conn:  # a second open firing is refused
         conn.execute(sa.insert(alert_events).values(rule_id=1, rule_name="r", subject="TSLA", message="m", fired_at=fired,

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from conftest import ADMIN_URL, SCRATCH_DB
 
 from db.engine import make_engine
 from db.jobs import JobStore
-from db.migrate import _config, current_revision, head_revision, upgrade
+from db.migrate import current_revision, head_revision, upgrade
+from support import migrate_to
 
 INSERT = sa.text(
     "INSERT INTO scheduled_jobs (name, session, exchange, provider, symbols, interval_minutes, bar_interval, paused, "
@@ -26,40 +24,12 @@ def insert(engine: sa.Engine, name: str, value) -> None:
         conn.execute(INSERT, {"name": name, "v": value})
 
 
-def migrate_to(engine: sa.Engine, revision: str) -> None:
-    with engine.begin() as conn:
-        cfg = _config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-
-
 def interval_check(engine: sa.Engine) -> tuple[bool, str]:
     with engine.connect() as conn:
         return conn.execute(sa.text(
             "SELECT convalidated, pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = 'scheduled_jobs'::regclass AND conname = 'scheduled_jobs_interval_check'"
         )).one()  # fmt: skip
-
-
-@pytest.fixture
-def fresh_pg():
-    """An empty PostgreSQL database (no schema), dropped afterwards."""
-    name = f"{SCRATCH_DB}_nan"
-    admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg2.extensions.parse_dsn(ADMIN_URL)
-    port = int(dsn["port"]) if dsn.get("port") else None
-    url = sa.engine.URL.create("postgresql+psycopg2", username=dsn.get("user"), password=dsn.get("password"),
-                               host=dsn.get("host"), port=port, database=name)  # fmt: skip
-    engine = make_engine(url.render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
 
 
 @pytest.mark.parametrize("value", BAD_PG)

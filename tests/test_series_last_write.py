@@ -6,18 +6,16 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from conftest import ADMIN_URL, SCRATCH_DB
 
 import etl.load
 from db.engine import make_engine
-from db.migrate import _config, upgrade
+from db.migrate import upgrade
 from errors import LoadError
 from etl.load import PostgresBarLoader, make_loader
 from models.bar import Bar
+from support import migrate_to
 
 T0 = datetime(2024, 3, 11, 13, 30, tzinfo=UTC)
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -165,34 +163,10 @@ def test_postgres_concurrent_writers_of_the_same_series_neither_deadlock_nor_los
     assert all(ts == T0 + timedelta(minutes=95) and 0 < n <= 20 for ts, _, n in got.values())
 
 
-@pytest.fixture
-def fresh_pg():
-    """An empty PostgreSQL database (no schema), dropped afterwards."""
-    name = f"{SCRATCH_DB}_slw"
-    admin = psycopg2.connect(ADMIN_URL, connect_timeout=5)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    dsn = psycopg2.extensions.parse_dsn(ADMIN_URL)
-    port = int(dsn["port"]) if dsn.get("port") else None
-    url = sa.engine.URL.create("postgresql+psycopg2", username=dsn.get("user"), password=dsn.get("password"),
-                               host=dsn.get("host"), port=port, database=name)  # fmt: skip
-    engine = make_engine(url.render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
-
-
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_the_migration_fills_the_table_from_existing_bars(dialect, request, tmp_path):
     engine = request.getfixturevalue("fresh_pg") if dialect == "postgresql" else make_engine(f"sqlite:///{tmp_path / 'm.db'}")
-    with engine.begin() as conn:
-        cfg = _config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0011")
+    migrate_to(engine, "0011")
     early, late = datetime(2024, 3, 1, 12, tzinfo=UTC), datetime(2024, 3, 2, 12, tzinfo=UTC)
     if dialect == "sqlite":
         early, late = early.replace(tzinfo=None), late.replace(tzinfo=None)
@@ -213,9 +187,6 @@ def test_the_migration_fills_the_table_from_existing_bars(dialect, request, tmp_
     # then kept by the loader (the stored bar at 13:35 revised, two new ones)
     assert make_loader(engine).load(bars(3, symbol="MSFT", start=T0 + timedelta(minutes=5))) == 3
     assert latest(engine)["MSFT"][::2] == (T0 + timedelta(minutes=15), 3)
-    with engine.begin() as conn:  # and the downgrade drops it
-        cfg = _config()
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0011")
+    migrate_to(engine, "0011", down=True)  # and the downgrade drops it
     assert "series_last_write" not in sa.inspect(engine).get_table_names()
     engine.dispose()
