@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from alerts.grammar import Condition, parse_condition
 from db.jobs import check_job_name
 from errors import ConfigError, MarketpollError
+from etl.http import is_http_url
 from models.bar import normalize_symbol
 
 __all__ = ["RuleKind", "Rule", "Firing", "Channel", "DeliveryError", "DeliveryStatus", "check_alert_name",
@@ -69,12 +70,7 @@ def check_alert_name(raw: str) -> str:
 def check_webhook(url: str) -> str:
     """``url`` if it is an absolute ``http(s)://host/...`` URL; else ConfigError (showing it redacted)."""
     url = url.strip()
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in url)
-    except ValueError:
-        ok = False
-    if not ok:
+    if not is_http_url(url):
         raise ConfigError(f"--webhook must be an http:// or https:// URL, got {redact_webhook(url)!r}", name="webhook")
     return url
 

@@ -51,6 +51,7 @@ __all__ = [
     "HttpClient",
     "DeadlineAdapter",
     "request_deadline",
+    "is_http_url",
     "Response",
     "parse_retry_after",
     "DEFAULT_TOTAL_TIMEOUT_SECONDS",
@@ -226,6 +227,18 @@ def _shutdown_socket_of(thread: threading.Thread) -> None:
 
 
 _WATCHDOG = _Watchdog()
+
+
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` is ``http(s)://host[:port][/path...]``: a scheme requests can send to, a host, a valid
+    port, and no blank or control character (what a typo in a setting or flag looks like)."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and port_ok
+            and not any(c.isspace() or ord(c) < 32 for c in url))  # fmt: skip
 
 
 @contextmanager

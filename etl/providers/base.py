@@ -66,13 +66,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 import requests
 
 from clock import Clock, SystemClock
 from errors import ConfigError, HTTPError, MarketpollError, RateLimited
-from etl.http import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TOTAL_TIMEOUT_SECONDS, HttpClient, Response, parse_retry_after
+from etl.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TOTAL_TIMEOUT_SECONDS,
+    HttpClient,
+    Response,
+    is_http_url,
+    parse_retry_after,
+)
 from etl.metrics import RETRIES, THROTTLES
 from etl.retry import Retrier, RetryPolicy
 from etl.transform import Rejection
@@ -440,16 +446,10 @@ def _convert(name: str, annotation: Any, raw: str) -> Any:
 
 
 def _check_base_url(var: str, url: str) -> None:
-    """ConfigError naming ``var`` unless ``url`` is ``http(s)://host[:port][/path]`` (checked at start, so a
-    typo is one line and exit 2, not a failure of every request). A URL holding a password is not echoed."""
-    try:
-        parts = urlsplit(url)
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        parts, port_ok = None, False
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or any(
-        c.isspace() or ord(c) < 32 for c in url
-    ):  # fmt: skip
+    """ConfigError naming ``var`` unless ``url`` is ``http(s)://host[:port][/path]`` (:func:`etl.http.is_http_url`;
+    checked at start, so a typo is one line and exit 2, not a failure of every request). A URL holding a password
+    is not echoed."""
+    if not is_http_url(url):
         shown = "" if "@" in url else f": got {url!r}"  # user:password@host: never echoed
         raise ConfigError(f"{var} must be an http:// or https:// URL with a host (e.g. https://api.example.com){shown}",
                           name=var, value=None if not shown else url)  # fmt: skip
