@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
-from test_cluster import _wait, cluster_db  # noqa: F401 - the fixture is used by name
+from test_cluster import cluster_db  # noqa: F401 - the fixture is used by name
 
 from clock import SystemClock
 from db.ledger import RunLedger, claim_statement
@@ -37,6 +37,7 @@ from models.run import CycleResult, SymbolOutcome
 from scheduler.calendar import Calendars, Session
 from scheduler.cluster import ClusterNode, _outcome_json, ensure_schema
 from scheduler.jobs import define_job
+from support import wait_for
 
 KEY = "CLUSTERLEDGERSECRET42"
 STALLED_AFTER = 1.5  # the sweep runs every half second
@@ -98,7 +99,9 @@ def _run(engine: sa.Engine, run_id: int) -> dict:
 
 
 def _settled(engine: sa.Engine, run_id: int, timeout: float = 15) -> dict:
-    return _wait(lambda: (row := _run(engine, run_id))["status"] != "running" and row, timeout, f"run {run_id} to settle")
+    return wait_for(
+        lambda: (row := _run(engine, run_id))["status"] != "running" and row, f"run {run_id} to settle", timeout, step=0.1
+    )
 
 
 # -- a chunk that fails for good -------------------------------------------------------------------
